@@ -1,0 +1,69 @@
+"""Bootstrap draws shared by every fit: points resampled within each budget, optional loss noise.
+
+One draw is a vector of counts (how often each run appears) and a vector of losses (the observed
+ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add seed noise).
+Approach 2 and Approach 3 see the same draws, so their intervals come from the same resamples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PERCENTILES = (2.5, 97.5)  # 95% intervals
+
+
+@dataclass(frozen=True)
+class Resamples:
+    """counts[k, i]: copies of run i in draw k; losses[k, i]: its loss in draw k."""
+
+    counts: np.ndarray
+    losses: np.ndarray
+
+    @property
+    def draws(self) -> int:
+        return self.counts.shape[0]
+
+
+def resample(
+    groups: Sequence[np.ndarray],
+    params: np.ndarray,
+    losses: np.ndarray,
+    draws: int,
+    rng: np.random.Generator,
+    noise_sigma: float = 0.0,
+    min_sizes: int = 3,
+) -> Resamples:
+    """Resample runs with replacement within each group of run indices.
+
+    A draw that leaves a group with fewer than `min_sizes` distinct sizes (fewer if the group has
+    fewer) cannot fit a parabola, so that group is drawn again for it.
+    """
+    counts = np.zeros((draws, params.size), dtype=np.int64)
+    for members in groups:
+        n = members.size
+        _, size_of = np.unique(params[members], return_inverse=True)
+        need = min(min_sizes, size_of.max() + 1)
+        block = rng.multinomial(n, np.full(n, 1 / n), size=draws)
+        for _ in range(200):
+            distinct = np.zeros((draws, size_of.max() + 1), bool)
+            for j in range(n):
+                distinct[:, size_of[j]] |= block[:, j] > 0
+            short = distinct.sum(1) < need
+            if not short.any():
+                break
+            block[short] = rng.multinomial(n, np.full(n, 1 / n), size=int(short.sum()))
+        else:
+            block[short] = 1  # vanishingly rare: keep every run once
+        counts[:, members] = block
+    noisy = np.broadcast_to(losses, counts.shape).copy()
+    if noise_sigma > 0:
+        noisy *= np.exp(noise_sigma * rng.standard_normal(noisy.shape))
+    return Resamples(counts, noisy)
+
+
+def interval(draws: np.ndarray, axis: int = 0) -> np.ndarray:
+    """95% percentile interval of the draws along `axis`, ignoring NaN: [lo, hi] first."""
+    return np.nanpercentile(draws, PERCENTILES, axis=axis)

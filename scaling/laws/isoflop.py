@@ -1,0 +1,244 @@
+"""Approach 2, step 1: the compute-optimal size of one isoFLOP budget from a parabola in log N.
+
+With x = log10 N, the losses of one budget are fitted by loss = c0 + c1 x + c2 x^2 (least squares);
+the vertex x* = -c1 / (2 c2) is the optimum. Rules a researcher can rely on:
+
+- A vertex outside the sampled sizes, or a parabola that opens downward, is refused: a minimum at
+  the boundary is not an optimum. The budget is reported with the sizes to add.
+- "Centred" means the vertex lies in the middle third of the sampled log-N range. Off-centre and
+  wide grids bias the vertex even without noise (arXiv 2603.22339), so those budgets are flagged.
+- Intervals come from the shared bootstrap (`bootstrap.resample`): each draw refits the parabola
+  on its resampled points; a draw whose minimum falls outside the range takes the range's edge
+  (the share of such draws is reported). Draws are widened about the estimate by sqrt(n / (n - 3)),
+  the HC1 small-sample factor: resampling n points for 3 coefficients spreads too little (on 9-point
+  budgets the 95% interval covered the truth about 90% of the time before, 93% after). The spread
+  of log10 N_opt never goes below `floor_spacing` x the grid's log10 spacing (Porian et al. 2024
+  use 0.33): draws narrower than that get Gaussian jitter to reach it.
+- D_opt comes from the budget's own tokens: log10 D is fitted linearly in log10 N over its runs
+  (exactly C / (6 N) under the 6ND convention). FID at the optimum is a parabola of log10 FID in
+  log10 N evaluated at N_opt, from the runs that measured FID (at least 3 sizes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.laws.bootstrap import interval
+
+EDGE_NOTE = 0.2  # share of edge draws above which the budget's interval is called truncated
+
+
+@dataclass(frozen=True)
+class BudgetFit:
+    """One isoFLOP budget: its runs, parabola and optimum (None when refused), units as named.
+
+    compute: budget in FLOPs. params, losses, fids: its runs (N in parameters; fid None if absent).
+    parabola: (c0, c1, c2) with loss = c0 + c1 x + c2 x^2, x = log10 N; None if not fitted.
+    n_opt (parameters), d_opt (tokens), loss_opt, fid_opt: the optimum, with 95% intervals `*_ci`.
+    centred: the vertex lies in the middle third of the sampled log10 N range.
+    edge_fraction: share of bootstrap draws whose minimum sat at the edge of the sampled sizes.
+    suggested_sizes: sizes (parameters) to add to centre the grid on the optimum.
+    message: why the budget was refused or flagged; empty when all is well.
+    """
+
+    compute: float
+    params: tuple[float, ...]
+    losses: tuple[float, ...]
+    fids: tuple[float | None, ...]
+    parabola: tuple[float, float, float] | None
+    centred: bool
+    n_opt: float | None = None
+    n_opt_ci: tuple[float, float] | None = None
+    d_opt: float | None = None
+    d_opt_ci: tuple[float, float] | None = None
+    loss_opt: float | None = None
+    loss_opt_ci: tuple[float, float] | None = None
+    fid_opt: float | None = None
+    fid_opt_ci: tuple[float, float] | None = None
+    edge_fraction: float = 0.0
+    suggested_sizes: tuple[float, ...] = ()
+    message: str = ""
+
+    @property
+    def points(self) -> int:
+        return len(self.params)
+
+    @property
+    def refused(self) -> bool:
+        return self.n_opt is None
+
+    @property
+    def log10_n_ci(self) -> tuple[float, float] | None:
+        if self.n_opt_ci is None:
+            return None
+        return (math.log10(self.n_opt_ci[0]), math.log10(self.n_opt_ci[1]))
+
+
+@dataclass(frozen=True)
+class BudgetDraws:
+    """Bootstrap draws of one budget's optimum in log10 units, shape [draws] each."""
+
+    log_n: np.ndarray
+    log_d: np.ndarray
+    log_loss: np.ndarray
+    log_fid: np.ndarray | None
+
+
+def _quadratic_draws(xc: np.ndarray, counts: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weighted least-squares (c0, c1, c2) per draw from moment sums; counts, y: [draws, n]."""
+    powers = xc[None, :] ** np.arange(5)[:, None]
+    s = counts @ powers.T
+    t = np.einsum("kn,jn->kj", counts * y, powers[:3])
+    m = s[:, [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]
+    return np.linalg.solve(m, t[..., None])[..., 0]
+
+
+def _suggest(x: np.ndarray, losses: np.ndarray, vertex: float | None) -> tuple[float, ...]:
+    """Sizes (parameters) that extend the grid, at its own spacing, until the vertex is centred."""
+    lo, hi = x.min(), x.max()
+    spacing = float(np.median(np.diff(np.unique(x))))
+    if vertex is None:  # no minimum: extend beyond the best run, three steps
+        upward, steps = x[np.argmin(losses)] > (lo + hi) / 2, 3
+    else:
+        upward = vertex > (lo + hi) / 2
+        reach = lo + 1.5 * (vertex - lo) - hi if upward else lo - (hi - 1.5 * (hi - vertex))
+        steps = int(np.clip(math.ceil(reach / spacing - 1e-9), 1, 6))
+    edge, sign = (hi, 1) if upward else (lo, -1)
+    return tuple(float(f"{10 ** (edge + sign * spacing * k):.2g}") for k in range(1, steps + 1))
+
+
+def fit_budget(
+    compute: float,
+    params: np.ndarray,
+    tokens: np.ndarray,
+    losses: np.ndarray,
+    fids: np.ndarray,
+    counts: np.ndarray,
+    noisy: np.ndarray,
+    rng: np.random.Generator,
+    floor_spacing: float = 0.33,
+) -> tuple[BudgetFit, BudgetDraws | None]:
+    """Fit one budget's parabola and its bootstrap draws.
+
+    params, tokens, losses, fids: [n] arrays for its runs (fids NaN where not measured);
+    counts, noisy: [draws, n] from `bootstrap.resample`. Returns no draws when refused.
+    """
+    x = np.log10(params)
+    xbar = x.mean()
+    xc = x - xbar
+    lo, hi = xc.min(), xc.max()
+    c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, losses, 2)
+    parabola = (c0 - c1 * xbar + c2 * xbar**2, c1 - 2 * c2 * xbar, c2)
+    report = dict(
+        compute=compute,
+        params=tuple(float(n) for n in params),
+        losses=tuple(float(v) for v in losses),
+        fids=tuple(None if np.isnan(f) else float(f) for f in fids),
+        parabola=tuple(float(c) for c in parabola),
+    )
+    where = f"budget {compute:.3g} FLOPs"
+    if c2 <= 0:
+        sizes = _suggest(x, losses, None)
+        msg = (f"{where}: refused, the losses are not convex in log N (the parabola opens "
+               f"downward), so there is no optimum; add sizes {_fmt(sizes)}")
+        return BudgetFit(centred=False, suggested_sizes=sizes, message=msg, **report), None
+    vertex = -c1 / (2 * c2)
+    if not lo <= vertex <= hi:
+        sizes = _suggest(x, losses, vertex + xbar)
+        msg = (f"{where}: refused, the parabola's minimum (N ~ {10 ** (vertex + xbar):.3g}) lies "
+               f"outside the sampled sizes {10 ** (lo + xbar):.3g} to {10 ** (hi + xbar):.3g}; "
+               f"add sizes {_fmt(sizes)}")
+        return BudgetFit(centred=False, suggested_sizes=sizes, message=msg, **report), None
+    third = (hi - lo) / 3
+    centred = bool(lo + third <= vertex <= hi - third)
+
+    # Bootstrap: each draw's minimum within the sampled range.
+    d0, d1, d2 = _quadratic_draws(xc, counts, noisy).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inner = np.where(d2 > 0, -d1 / (2 * d2), np.nan)
+    at_lo = d0 + d1 * lo + d2 * lo**2 <= d0 + d1 * hi + d2 * hi**2
+    edge = np.where(at_lo, lo, hi)
+    inside = (d2 > 0) & (inner >= lo) & (inner <= hi)
+    xm = np.where(inside, inner, edge)
+    log_loss = np.log10(d0 + d1 * xm + d2 * xm**2)
+    log_n = xm + xbar
+    x_opt, loss_opt = vertex + xbar, c0 - c1**2 / (4 * c2)
+    if x.size > 3:
+        # Resampling pairs spreads a least-squares estimate like the HC0 sandwich, too narrow by
+        # n / (n - 3) in variance for 3 coefficients; widen as HC1 does.
+        widen = math.sqrt(x.size / (x.size - 3))
+        log_n = x_opt + widen * (log_n - x_opt)
+        log_loss = math.log10(loss_opt) + widen * (log_loss - math.log10(loss_opt))
+    floor = floor_spacing * float(np.median(np.diff(np.unique(x))))
+    sd = log_n.std()
+    if sd < floor:
+        log_n = log_n + rng.normal(0.0, math.sqrt(floor**2 - sd**2), log_n.shape)
+
+    slope, intercept = np.polyfit(x, np.log10(tokens), 1)
+    log_d = intercept + slope * log_n
+    log_fid, fid_opt = None, None
+    has_fid = ~np.isnan(fids)
+    if np.unique(x[has_fid]).size >= 3:
+        log_fid, fid_opt = _fid_draws(xc, fids, has_fid, counts, np.clip(log_n - xbar, lo, hi),
+                                      vertex)
+
+    edge_fraction = float(1 - inside.mean())
+    messages = []
+    sizes: tuple[float, ...] = ()
+    if not centred:
+        sizes = _suggest(x, losses, x_opt)
+        messages.append(f"{where}: the grid is not centred on its optimum (N ~ {10**x_opt:.3g}, "
+                        f"outside the middle third of the sampled log N); add sizes {_fmt(sizes)}")
+    if edge_fraction > EDGE_NOTE:
+        messages.append(f"{where}: in {edge_fraction:.0%} of bootstrap draws the minimum sat at "
+                        "the edge of the sampled sizes, so its interval is truncated there")
+    ci = interval(np.stack([log_n, log_d, log_loss], 1))
+    fit = BudgetFit(
+        centred=centred,
+        n_opt=float(10**x_opt),
+        n_opt_ci=_pair(ci[:, 0]),
+        d_opt=float(10 ** (intercept + slope * x_opt)),
+        d_opt_ci=_pair(ci[:, 1]),
+        loss_opt=float(loss_opt),
+        loss_opt_ci=_pair(ci[:, 2]),
+        fid_opt=fid_opt,
+        fid_opt_ci=None if log_fid is None else _pair(interval(log_fid)),
+        edge_fraction=edge_fraction,
+        suggested_sizes=sizes,
+        message="; ".join(messages),
+        **report,
+    )
+    return fit, BudgetDraws(log_n, log_d, log_loss, log_fid)
+
+
+def _fid_draws(
+    xc: np.ndarray,
+    fids: np.ndarray,
+    has_fid: np.ndarray,
+    counts: np.ndarray,
+    xm: np.ndarray,
+    vertex: float,
+) -> tuple[np.ndarray, float]:
+    """log10 FID at each draw's optimum (parabola of log10 FID in log10 N) and at the vertex."""
+    y = np.log10(np.where(has_fid, fids, 1.0))
+    full = np.polynomial.polynomial.polyfit(xc[has_fid], y[has_fid], 2)
+    masked = counts * has_fid
+    sizes = np.unique(xc[has_fid])
+    distinct = sum((masked[:, xc == s].sum(1) > 0) for s in sizes)
+    ok = distinct >= 3
+    coef = np.tile(full, (counts.shape[0], 1))
+    if ok.any():
+        coef[ok] = _quadratic_draws(xc, masked[ok], np.broadcast_to(y, masked[ok].shape))
+    log_fid = coef[:, 0] + coef[:, 1] * xm + coef[:, 2] * xm**2
+    return log_fid, float(10 ** np.polynomial.polynomial.polyval(vertex, full))
+
+
+def _pair(log_ci: np.ndarray) -> tuple[float, float]:
+    return (float(10 ** log_ci[0]), float(10 ** log_ci[1]))
+
+
+def _fmt(sizes: tuple[float, ...]) -> str:
+    return ", ".join(f"{n:.2g}" for n in sizes) + " parameters"

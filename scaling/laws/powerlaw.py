@@ -1,0 +1,181 @@
+"""Approach 2, step 2: power laws y = k C^e across budgets, and the saturating L = E + A C^-alpha.
+
+The power law is a weighted least-squares line in log10 space: log10 y = log10 k + e log10 C, with
+each budget weighted by 1 / sd^2 of its optimum's bootstrap draws (in log10 y). Intervals propagate
+the per-budget uncertainty: bootstrap draw j refits the line on every budget's draw j, so the 95%
+percentile intervals of (k, e) reflect how far each optimum could move, not just the residuals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.laws.bootstrap import interval
+
+SIGNIFICANT = 7  # digits kept in stored draws, so an object and its JSON predict identically
+
+
+def _round(values: np.ndarray) -> np.ndarray:
+    return np.array([float(f"{v:.{SIGNIFICANT}g}") for v in values.ravel()]).reshape(values.shape)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * C^exponent with C in FLOPs; 95% intervals and bootstrap draws if fitted.
+
+    draws: [draws, 2] array of (coefficient, exponent) pairs, kept together because the two are
+    strongly correlated; None for a law quoted without intervals (the paper's).
+    budgets: number of budgets the law was fitted on.
+    """
+
+    coefficient: float
+    exponent: float
+    coefficient_ci: tuple[float, float] | None = None
+    exponent_ci: tuple[float, float] | None = None
+    budgets: int = 0
+    draws: np.ndarray | None = None
+
+    def __call__(self, compute: float | np.ndarray) -> np.ndarray:
+        return self.coefficient * np.asarray(compute, dtype=float) ** self.exponent
+
+    def interval(self, compute: float | np.ndarray) -> np.ndarray | None:
+        """95% interval of y at `compute` from the draws, [2, ...] (lo, hi); None without draws."""
+        if self.draws is None:
+            return None
+        c = np.asarray(compute, dtype=float)
+        values = self.draws[:, :1] * c.reshape(1, -1) ** self.draws[:, 1:]
+        return interval(values).reshape((2, *c.shape))
+
+
+def weights_from_sd(sd: np.ndarray) -> np.ndarray:
+    """1 / sd^2, with sd floored at a tenth of the median positive sd (or 1e-6 if none is positive)
+    so that one budget whose draws happen not to spread cannot take all the weight."""
+    positive = sd[sd > 0]
+    floor = 0.1 * float(np.median(positive)) if positive.size else 1e-6
+    return 1 / np.maximum(sd, floor) ** 2
+
+
+def _wls_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted line y = b0 + b1 x; y may be [..., budgets]; returns (b0, b1)."""
+    xm = (w * x).sum() / w.sum()
+    ym = (y * w).sum(-1) / w.sum()
+    slope = ((y - ym[..., None]) * w * (x - xm)).sum(-1) / (w * (x - xm) ** 2).sum()
+    return ym - slope * xm, slope
+
+
+def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray) -> PowerLaw:
+    """Fit y = k C^e from per-budget optima.
+
+    compute: [budgets] FLOPs; log_y: [budgets] log10 of the optima; log_draws: [draws, budgets]
+    their bootstrap draws. Needs at least 2 budgets.
+    """
+    if compute.size < 2:
+        raise ValueError(f"a power law needs at least 2 budgets, got {compute.size}")
+    x = np.log10(compute)
+    w = weights_from_sd(log_draws.std(0))
+    b0, b1 = _wls_line(x, log_y, w)
+    d0, d1 = _wls_line(x, log_draws, w)
+    draws = _round(np.stack([10**d0, d1], 1))
+    ci = interval(draws)
+    return PowerLaw(
+        coefficient=float(10**b0),
+        exponent=float(b1),
+        coefficient_ci=(float(ci[0, 0]), float(ci[1, 0])),
+        exponent_ci=(float(ci[0, 1]), float(ci[1, 1])),
+        budgets=int(compute.size),
+        draws=draws,
+    )
+
+
+@dataclass(frozen=True)
+class SaturatingLaw:
+    """L = E + A C^-alpha (C in FLOPs), E the irreducible loss; 95% intervals on E, A, alpha."""
+
+    E: float
+    A: float
+    alpha: float
+    ci: dict[str, tuple[float, float]]
+    budgets: int
+
+    def __call__(self, compute: float | np.ndarray) -> np.ndarray:
+        return self.E + self.A * np.asarray(compute, dtype=float) ** -self.alpha
+
+
+ALPHA_GRID = np.geomspace(1e-3, 2.0, 400)
+FINE = 41  # points of the second, local grid around each draw's best coarse alpha
+
+
+def _profile(
+    log_alpha: np.ndarray, ratio: np.ndarray, y: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variable projection: for each alpha, weighted least squares of y on [1, (C/C_ref)^-alpha].
+
+    log_alpha: [draws, grid]; ratio: [budgets] C / C_ref; y: [draws, budgets]; w: [budgets].
+    Returns E, A_ref (the coefficient at C_ref) and the residual sum of squares, each [draws, grid];
+    the rss is inf where E < 0 or A <= 0.
+    """
+    z = ratio[None, None, :] ** -np.exp(log_alpha)[..., None]
+    sw = w.sum()
+    zm = (z * w).sum(-1) / sw
+    ym = (y * w).sum(-1) / sw
+    dz = z - zm[..., None]
+    dy = (y - ym[:, None])[:, None, :]
+    a = (w * dz * dy).sum(-1) / (w * dz**2).sum(-1)
+    e = ym[:, None] - a * zm
+    rss = (w * (dy - a[..., None] * dz) ** 2).sum(-1)
+    return e, a, np.where((e >= 0) & (a > 0), rss, np.inf)
+
+
+def _best(log_alpha: np.ndarray, rss: np.ndarray) -> np.ndarray:
+    """The grid point of least rss per draw, refined by a parabola through its neighbours."""
+    rows = np.arange(rss.shape[0])
+    i = np.clip(np.argmin(rss, 1), 1, rss.shape[1] - 2)
+    r0, r1, r2 = rss[rows, i - 1], rss[rows, i], rss[rows, i + 1]
+    step = log_alpha[rows, i + 1] - log_alpha[rows, i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shift = np.where(np.isfinite(r0 + r2) & (r0 + r2 > 2 * r1),
+                         0.5 * (r0 - r2) / (r0 - 2 * r1 + r2), 0.0)
+    return log_alpha[rows, i] + np.clip(shift, -1, 1) * step
+
+
+def fit_saturating(compute: np.ndarray, loss: np.ndarray, loss_draws: np.ndarray,
+                   weights: np.ndarray) -> SaturatingLaw:
+    """Fit L = E + A C^-alpha by variable projection over alpha; needs at least 3 budgets.
+
+    For each alpha, E and A are weighted linear least squares (E >= 0, A > 0 required); alpha is
+    the best point of a 400-point grid over [1e-3, 2], then of a 41-point grid one coarse step
+    either side, refined by a parabola. loss: [budgets]; loss_draws: [draws, budgets];
+    weights: [budgets] (1 / sd^2 in loss units).
+    """
+    if compute.size < 3:
+        raise ValueError(f"L = E + A C^-alpha needs at least 3 budgets, got {compute.size}")
+    c_ref = float(np.exp(np.log(compute).mean()))
+    ratio = compute / c_ref
+    coarse = np.log(ALPHA_GRID)
+    step = coarse[1] - coarse[0]
+
+    def solve(y: np.ndarray) -> np.ndarray:
+        grid = np.broadcast_to(coarse, (y.shape[0], coarse.size))
+        *_, rss = _profile(grid, ratio, y, weights)
+        feasible = np.isfinite(rss).any(1)
+        centre = grid[np.arange(y.shape[0]), np.argmin(rss, 1)]
+        fine = centre[:, None] + np.linspace(-step, step, FINE)[None, :]
+        *_, rss = _profile(fine, ratio, y, weights)
+        log_alpha = _best(fine, rss)
+        e, a, _ = _profile(log_alpha[:, None], ratio, y, weights)
+        alpha = np.exp(log_alpha)
+        out = np.stack([e[:, 0], a[:, 0] * c_ref**alpha, alpha], 1)
+        out[~feasible] = np.nan
+        return out
+
+    point = solve(loss[None, :])[0]
+    draws = solve(loss_draws)
+    ci = interval(draws)
+    names = ("E", "A", "alpha")
+    return SaturatingLaw(
+        E=float(point[0]), A=float(point[1]), alpha=float(point[2]),
+        ci={n: (float(ci[0, i]), float(ci[1, i])) for i, n in enumerate(names)},
+        budgets=int(compute.size),
+    )

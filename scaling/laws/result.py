@@ -1,0 +1,390 @@
+"""`LawFit`: fitted compute-optimal laws, their prediction, plain-text table and JSON form.
+
+Conventions: C is training compute in FLOPs, a multiply-add counts as 2 FLOPs, and the study's
+convention (`6ND`: C = 6 N D, or `exact`: 3 x analytic forward FLOPs) is recorded. N is parameters,
+D is tokens, loss is the training loss the study observed (dimensionless), FID is Frechet distance.
+Every interval is a 95% bootstrap percentile interval [lo, hi].
+
+JSON schema (`LawFit.to_dict()`; `to_json()` is the same as text; keys beyond issue 3's core are
+marked +):
+
+    {"approach2": {
+        "n_opt":  {"coefficient", "exponent", "exponent_ci": [lo, hi], "coefficient_ci": [lo, hi],
+                   "budgets"+},          # N_opt = coefficient * C^exponent, parameters
+        "d_opt":  {...},                 # D_opt, tokens
+        "loss":   {...},                 # loss at the optimum (exponent negative)
+        "fid":    {...} | null,          # FID at the optimum; null without FID measurements
+        "loss_saturating"+: {"E", "A", "alpha", "ci": {name: [lo, hi]}, "budgets"} | null,
+                                         # L = E + A * C^-alpha, only when asked for
+        "budgets": [{"compute",          # budget, FLOPs
+                     "n_opt", "n_opt_ci",  # parameters; null when the optimum was refused
+                     "d_opt", "loss_opt", "points", "centred",
+                     "status"+,          # "optimum" or "refused"
+                     "log10_n_opt_ci"+, "d_opt_ci"+, "loss_opt_ci"+, "fid_opt"+, "fid_opt_ci"+,
+                     "edge_fraction"+,   # share of draws whose minimum sat at the range's edge
+                     "suggested_sizes"+, # parameters to add; [] when centred
+                     "message"+,         # why refused or flagged; "" when fine
+                     "params"+, "losses"+, "fids"+,  # the runs, for figures
+                     "parabola"+: [c0, c1, c2]}]},  # loss = c0 + c1 x + c2 x^2, x = log10 N
+     "approach3": {"E", "A", "B", "alpha", "beta", "a", "b", "ci": {name: [lo, hi]},
+                   "points"+, "at_bound"+} | null,   # L(N, D) = E + A/N^alpha + B/D^beta
+     "agreement"+: {"a": {"approach2": [v, lo, hi], "approach3": [v, lo, hi], "consistent"},
+                    "b": {...}} | null,  # exponents of N_opt (a) and D_opt (b) by both approaches
+     "convention": "6ND", "flops_per_multiply_add": 2,
+     "source"+: "fit" | "paper", "compute_range"+: [lo, hi],  # budgets the laws rest on, FLOPs
+     "warnings"+: [str], "options"+: {FitOptions fields} | null,
+     "draws"+: {"n_opt": [[coefficient, exponent], ...], "d_opt": ..., "loss": ..., "fid": ...}}
+
+`draws` keeps the bootstrap pairs of the four Approach 2 laws (7 significant digits, as the object
+holds them) so that `LawFit.from_json(text).predict(C)` gives exactly the intervals of the original.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from scaling.laws.isoflop import BudgetFit
+from scaling.laws.parametric import ParametricFit
+from scaling.laws.powerlaw import PowerLaw, SaturatingLaw
+
+SCHEMA = "dit-scaling/laws/1"
+LAWS = ("n_opt", "d_opt", "loss", "fid")
+LAW_LABELS = {"n_opt": "N_opt (parameters)", "d_opt": "D_opt (tokens)", "loss": "loss at optimum",
+              "fid": "FID at optimum"}
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How laws are fitted.
+
+    draws: bootstrap draws (at least 20; 1,000 for reported intervals).
+    noise_sigma: relative sd of noise added to each loss per draw (Porian et al.: 0.005); 0: none.
+    floor_spacing: floor on the sd of each budget's log10 N_opt draws, as a fraction of its grid's
+      log10 spacing (Porian et al.'s 0.33); 0: no floor.
+    saturating: also fit L = E + A C^-alpha to the optimum losses (needs 3 budgets).
+    approach3: also fit the parametric L(N, D) to every run (needs 5 runs).
+    convention: the compute convention of the runs, "6ND" or "exact" (a label, nothing converted).
+    seed: seed of the bootstrap's random numbers.
+    """
+
+    draws: int = 1000
+    noise_sigma: float = 0.0
+    floor_spacing: float = 0.33
+    saturating: bool = False
+    approach3: bool = True
+    convention: str = "6ND"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.draws < 20:
+            raise ValueError(f"FitOptions.draws={self.draws} must be at least 20")
+        if not (self.noise_sigma >= 0 and math.isfinite(self.noise_sigma)):
+            raise ValueError(f"FitOptions.noise_sigma={self.noise_sigma} must be >= 0")
+        if not (self.floor_spacing >= 0 and math.isfinite(self.floor_spacing)):
+            raise ValueError(f"FitOptions.floor_spacing={self.floor_spacing} must be >= 0")
+        if self.convention not in ("6ND", "exact"):
+            raise ValueError(f"FitOptions.convention={self.convention!r} is not '6ND' or 'exact'")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its 95% interval (None for a law quoted without intervals)."""
+
+    value: float
+    ci: tuple[float, float] | None = None
+
+    def text(self, fmt: str = ".4g") -> str:
+        if self.ci is None:
+            return f"{self.value:{fmt}}"
+        return f"{self.value:{fmt}} [{self.ci[0]:{fmt}}, {self.ci[1]:{fmt}}]"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Compute-optimal N (parameters), D (tokens), loss and FID at `compute` FLOPs.
+
+    extrapolation_decades: how far `compute` lies outside the budgets the laws were fitted on, in
+    decades (0 inside the range).
+    """
+
+    compute: float
+    n_opt: Estimate
+    d_opt: Estimate
+    loss: Estimate
+    fid: Estimate | None
+    extrapolation_decades: float
+    convention: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return clean_json(asdict(self))
+
+    def text(self) -> str:
+        lines = [f"At C = {self.compute:.3g} FLOPs (convention {self.convention}, multiply-add = 2 "
+                 f"FLOPs), values with 95% intervals:",
+                 f"  N_opt  {self.n_opt.text()} parameters",
+                 f"  D_opt  {self.d_opt.text()} tokens",
+                 f"  loss   {self.loss.text()}"]
+        if self.fid is not None:
+            lines.append(f"  FID    {self.fid.text()}")
+        if self.extrapolation_decades > 0:
+            lines.append(f"  extrapolates {self.extrapolation_decades:.2f} decades beyond the "
+                         "fitted budgets")
+        else:
+            lines.append("  within the fitted budgets")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """Compute-optimal laws from an isoFLOP study (Approach 2), with the Approach 3 cross-check.
+
+    budgets holds every budget, refused ones included; compute_range spans the budgets the laws
+    rest on. `warnings` lists refused or off-centre budgets and disagreements, in plain words.
+    """
+
+    n_opt: PowerLaw
+    d_opt: PowerLaw
+    loss: PowerLaw
+    fid: PowerLaw | None
+    compute_range: tuple[float, float]
+    budgets: tuple[BudgetFit, ...] = ()
+    approach3: ParametricFit | None = None
+    loss_saturating: SaturatingLaw | None = None
+    convention: str = "6ND"
+    warnings: tuple[str, ...] = ()
+    source: str = "fit"
+    options: FitOptions | None = None
+
+    def law(self, name: str) -> PowerLaw | None:
+        if name not in LAWS:
+            raise KeyError(f"law {name!r} is not one of {', '.join(LAWS)}")
+        return getattr(self, name)
+
+    def predict(self, compute: float) -> Prediction:
+        """N_opt, D_opt, loss and FID at `compute` FLOPs with 95% intervals from the draws."""
+        if not (math.isfinite(compute) and compute > 0):
+            raise ValueError(f"compute={compute} FLOPs must be positive and finite")
+        lo, hi = self.compute_range
+        decades = max(0.0, math.log10(compute / hi), math.log10(lo / compute))
+
+        def estimate(law: PowerLaw) -> Estimate:
+            ci = law.interval(compute)
+            return Estimate(float(law(compute)),
+                            None if ci is None else (float(ci[0]), float(ci[1])))
+
+        return Prediction(
+            compute=float(compute),
+            n_opt=estimate(self.n_opt),
+            d_opt=estimate(self.d_opt),
+            loss=estimate(self.loss),
+            fid=None if self.fid is None else estimate(self.fid),
+            extrapolation_decades=decades,
+            convention=self.convention,
+        )
+
+    def agreement(self) -> dict[str, dict[str, Any]] | None:
+        """Approach 2 and 3 exponents of N_opt (a) and D_opt (b); consistent = intervals overlap."""
+        p = self.approach3
+        if p is None or not p.ci or self.n_opt.exponent_ci is None:
+            return None
+        out = {}
+        for name, law, value in (("a", self.n_opt, p.a), ("b", self.d_opt, p.b)):
+            lo2, hi2 = law.exponent_ci
+            lo3, hi3 = p.ci[name]
+            out[name] = {"approach2": [law.exponent, lo2, hi2], "approach3": [value, lo3, hi3],
+                         "consistent": bool(lo2 <= hi3 and lo3 <= hi2)}
+        return out
+
+    # ---- plain text -------------------------------------------------------------------------
+
+    def table(self) -> str:
+        """The laws as a table: form, coefficient, exponent, 95% intervals, budgets used."""
+        used = sum(not b.refused for b in self.budgets)
+        head = (f"Compute-optimal laws; C in FLOPs (multiply-add = 2 FLOPs), convention "
+                f"{self.convention}" + (": C = 6 N D" if self.convention == "6ND" else ""))
+        if self.source == "paper":
+            head += "\nSource: the paper (Liang et al., ICLR 2026), quoted without intervals"
+        else:
+            draws = self.options.draws if self.options else 0
+            head += (f"\nApproach 2: isoFLOP parabolas in log10 N, {used} of {len(self.budgets)}"
+                     f" budgets used, {draws} bootstrap draws, 95% intervals")
+        rows = [("law", "form", "coefficient", "95% interval", "exponent", "95% interval",
+                 "budgets")]
+        for name in LAWS:
+            law = self.law(name)
+            if law is None:
+                continue
+            rows.append((LAW_LABELS[name], "k * C^e", f"{law.coefficient:.4g}",
+                         _ci(law.coefficient_ci, ".3g"), f"{law.exponent:.4f}",
+                         _ci(law.exponent_ci, ".4f"), str(law.budgets or "-")))
+        lines = [head, text_columns(rows)]
+        s = self.loss_saturating
+        if s is not None:
+            lines.append(f"Saturating loss: L = E + A * C^-alpha, E {s.E:.4g} {_ci(s.ci['E'])}, "
+                         f"A {s.A:.4g} {_ci(s.ci['A'])}, alpha {s.alpha:.4f} "
+                         f"{_ci(s.ci['alpha'], '.4f')} ({s.budgets} budgets)")
+        p = self.approach3
+        if p is not None:
+            lines.append(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber (delta 1e-3) on "
+                         f"log loss, {p.points} runs")
+            prow = [("parameter", "value", "95% interval")]
+            for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+                prow.append((name, f"{getattr(p, name):.4g}", _ci(p.ci.get(name), ".4g")))
+            lines.append(text_columns(prow))
+            if p.at_bound:
+                lines.append(f"  {', '.join(p.at_bound)} ended on a bound: do not trust this fit")
+        agree = self.agreement()
+        if agree:
+            for name, label in (("a", "N_opt exponent a"), ("b", "D_opt exponent b")):
+                v2, v3 = agree[name]["approach2"], agree[name]["approach3"]
+                verdict = "consistent" if agree[name]["consistent"] else "DISAGREE"
+                lines.append(f"{label}: Approach 2 {v2[0]:.4f} [{v2[1]:.4f}, {v2[2]:.4f}], "
+                             f"Approach 3 {v3[0]:.4f} [{v3[1]:.4f}, {v3[2]:.4f}]: {verdict}")
+        if self.budgets:
+            brow = [("budget (FLOPs)", "points", "N_opt", "95% interval", "D_opt", "loss_opt",
+                     "centred")]
+            for b in self.budgets:
+                if b.refused:
+                    brow.append((f"{b.compute:.3g}", str(b.points), "refused", "-", "-", "-",
+                                 "no"))
+                else:
+                    brow.append((f"{b.compute:.3g}", str(b.points), f"{b.n_opt:.4g}",
+                                 _ci(b.n_opt_ci, ".3g"), f"{b.d_opt:.4g}", f"{b.loss_opt:.4g}",
+                                 "yes" if b.centred else "no"))
+            lines.append(text_columns(brow))
+        if self.warnings:
+            lines.append("Warnings:")
+            lines.extend(f"- {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+    # ---- JSON -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON schema (module docstring) as plain Python values."""
+        def law(x: PowerLaw | None) -> dict | None:
+            if x is None:
+                return None
+            return {"coefficient": x.coefficient, "exponent": x.exponent,
+                    "exponent_ci": x.exponent_ci, "coefficient_ci": x.coefficient_ci,
+                    "budgets": x.budgets}
+
+        s, p = self.loss_saturating, self.approach3
+        out = {
+            "approach2": {
+                **{name: law(self.law(name)) for name in LAWS},
+                "loss_saturating": None if s is None else {
+                    "E": s.E, "A": s.A, "alpha": s.alpha, "ci": s.ci, "budgets": s.budgets},
+                "budgets": [_budget_dict(b) for b in self.budgets],
+            },
+            "approach3": None if p is None else {
+                "E": p.E, "A": p.A, "B": p.B, "alpha": p.alpha, "beta": p.beta, "a": p.a,
+                "b": p.b, "ci": p.ci, "points": p.points, "at_bound": list(p.at_bound)},
+            "agreement": self.agreement(),
+            "convention": self.convention,
+            "flops_per_multiply_add": 2,
+            "schema": SCHEMA,
+            "source": self.source,
+            "compute_range": list(self.compute_range),
+            "warnings": list(self.warnings),
+            "options": None if self.options is None else asdict(self.options),
+            "draws": {name: None if (x := self.law(name)) is None or x.draws is None
+                      else x.draws.tolist() for name in LAWS},
+        }
+        return clean_json(out)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, data: str | dict[str, Any]) -> LawFit:
+        """Rebuild a LawFit from `to_json()` text or `to_dict()` output."""
+        if isinstance(data, str):
+            data = json.loads(data)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"laws JSON has schema {data.get('schema')!r}, expected {SCHEMA!r}")
+        a2, draws = data["approach2"], data.get("draws") or {}
+
+        def law(name: str) -> PowerLaw | None:
+            d = a2.get(name)
+            if d is None:
+                return None
+            raw = draws.get(name)
+            return PowerLaw(d["coefficient"], d["exponent"], _tuple(d["coefficient_ci"]),
+                            _tuple(d["exponent_ci"]), d.get("budgets", 0),
+                            None if raw is None else np.asarray(raw, dtype=float))
+
+        s, p = a2.get("loss_saturating"), data.get("approach3")
+        options = data.get("options")
+        return cls(
+            n_opt=law("n_opt"), d_opt=law("d_opt"), loss=law("loss"), fid=law("fid"),
+            compute_range=_tuple(data["compute_range"]),
+            budgets=tuple(_budget_from(b) for b in a2.get("budgets", [])),
+            approach3=None if p is None else ParametricFit(
+                E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"],
+                ci={k: _tuple(v) for k, v in p["ci"].items()}, points=p.get("points", 0),
+                at_bound=tuple(p.get("at_bound", ()))),
+            loss_saturating=None if s is None else SaturatingLaw(
+                E=s["E"], A=s["A"], alpha=s["alpha"],
+                ci={k: _tuple(v) for k, v in s["ci"].items()}, budgets=s.get("budgets", 0)),
+            convention=data["convention"],
+            warnings=tuple(data.get("warnings", ())),
+            source=data.get("source", "fit"),
+            options=None if options is None else FitOptions(**options),
+        )
+
+
+def _budget_dict(b: BudgetFit) -> dict[str, Any]:
+    return {
+        "compute": b.compute, "n_opt": b.n_opt, "n_opt_ci": b.n_opt_ci, "d_opt": b.d_opt,
+        "loss_opt": b.loss_opt, "points": b.points, "centred": b.centred,
+        "status": "refused" if b.refused else "optimum", "log10_n_opt_ci": b.log10_n_ci,
+        "d_opt_ci": b.d_opt_ci, "loss_opt_ci": b.loss_opt_ci, "fid_opt": b.fid_opt,
+        "fid_opt_ci": b.fid_opt_ci, "edge_fraction": b.edge_fraction,
+        "suggested_sizes": list(b.suggested_sizes), "message": b.message,
+        "params": list(b.params), "losses": list(b.losses), "fids": list(b.fids),
+        "parabola": b.parabola,
+    }
+
+
+def _budget_from(d: dict[str, Any]) -> BudgetFit:
+    return BudgetFit(
+        compute=d["compute"], params=tuple(d["params"]), losses=tuple(d["losses"]),
+        fids=tuple(d["fids"]), parabola=_tuple(d["parabola"]), centred=d["centred"],
+        n_opt=d["n_opt"], n_opt_ci=_tuple(d["n_opt_ci"]), d_opt=d["d_opt"],
+        d_opt_ci=_tuple(d["d_opt_ci"]), loss_opt=d["loss_opt"],
+        loss_opt_ci=_tuple(d["loss_opt_ci"]), fid_opt=d["fid_opt"],
+        fid_opt_ci=_tuple(d["fid_opt_ci"]), edge_fraction=d["edge_fraction"],
+        suggested_sizes=tuple(d["suggested_sizes"]), message=d["message"],
+    )
+
+
+def _tuple(x: Any) -> tuple | None:
+    return None if x is None else tuple(x)
+
+
+def clean_json(x: Any) -> Any:
+    """JSON-safe: tuples to lists, numpy scalars to floats, NaN to None."""
+    if isinstance(x, dict):
+        return {k: clean_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [clean_json(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _ci(ci: tuple[float, float] | None, fmt: str = ".4g") -> str:
+    return "-" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
+def text_columns(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)

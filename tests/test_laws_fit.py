@@ -1,0 +1,227 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws, paper_law
+from scaling.runs_table import RunPoint, RunsTableError, read_runs, write_runs
+from scaling.surface import PAPER_BUDGETS, SURFACES, synthetic_study
+
+FAST = FitOptions(draws=200)
+
+
+def study(name="chinchilla", seed=0, **kw):
+    return synthetic_study(SURFACES[name], PAPER_BUDGETS, np.random.default_rng(seed), **kw)
+
+
+def with_fid(points, seed=0):
+    rng = np.random.default_rng(seed)
+    return [RunPoint(p.compute, p.params, p.loss, fid=float(100 * p.loss**4 *
+                                                           math.exp(0.01 * rng.standard_normal())))
+            for p in points]
+
+
+@pytest.mark.parametrize("name", ["chinchilla", "asymmetric", "paper"])
+def test_approach2_exponent_interval_covers_the_truth_on_centred_grids(name):
+    truth = SURFACES[name].exponents()
+    for seed in range(5):
+        fit = fit_laws(study(name, seed, width=0.5), FitOptions(draws=200, approach3=False,
+                                                               seed=seed))
+        lo, hi = fit.n_opt.exponent_ci
+        assert lo <= truth.a <= hi, (seed, fit.n_opt)
+        lo, hi = fit.d_opt.exponent_ci
+        assert lo <= truth.b <= hi
+
+
+def test_off_centre_grid_is_flagged():
+    points = study("asymmetric", 1, width=0.6, offset=[0, 0, 0, 0.35, 0.0, -0.4])
+    fit = fit_laws(points, FAST)
+    flagged = [b for b in fit.budgets if not b.centred]
+    assert [b.compute for b in flagged] == [1e18, 6e18]
+    assert any("budget 1e+18 FLOPs" in w and "not centred" in w for w in fit.warnings)
+    assert any("budget 6e+18 FLOPs" in w and "not centred" in w for w in fit.warnings)
+    assert "Warnings:" in fit.table()
+
+
+def test_biased_approach2_is_flagged_against_approach3():
+    # Grids drifting across the optimum on a surface with alpha != beta bias the parabolas'
+    # vertices (arXiv 2603.22339); Approach 3 does not care where the grid sits.
+    points = study("asymmetric", 0, sizes=15, width=1.0, offset=np.linspace(-0.8, 0.8, 6),
+                   rel_sigma=0.001)
+    fit = fit_laws(points, FitOptions(draws=200, floor_spacing=0.0))
+    agree = fit.agreement()
+    assert not agree["a"]["consistent"]
+    assert any("disagree on the N_opt exponent a" in w and "2603.22339" in w
+               for w in fit.warnings)
+    centred = fit_laws(study("asymmetric", 0, sizes=15, width=1.0, rel_sigma=0.001),
+                       FitOptions(draws=200, floor_spacing=0.0))
+    assert centred.agreement()["a"]["consistent"]
+    assert not any("disagree" in w for w in centred.warnings)
+
+
+def test_intervals_shrink_when_points_are_added():
+    def width(fit):
+        return fit.n_opt.exponent_ci[1] - fit.n_opt.exponent_ci[0]
+
+    few = np.mean([width(fit_laws(study(seed=s, sizes=5), FAST)) for s in range(3)])
+    many = np.mean([width(fit_laws(study(seed=s, sizes=15), FAST)) for s in range(3)])
+    assert many < 0.7 * few
+    # Six budgets against three over about the same span of compute.
+    a2 = FitOptions(draws=200, approach3=False)
+    six = np.mean([width(fit_laws(study(seed=s), a2)) for s in range(4)])
+    three = np.mean([width(fit_laws(synthetic_study(
+        SURFACES["chinchilla"], PAPER_BUDGETS[::2], np.random.default_rng(s)), a2))
+        for s in range(4)])
+    assert six < 0.9 * three
+
+
+def test_refused_budget_is_excluded_and_reported():
+    points = study(seed=2, offset=[0, 0, 0, 0, 0, 1.0])  # the last grid misses its optimum
+    fit = fit_laws(points, FAST)
+    last = fit.budgets[-1]
+    assert last.refused and last.suggested_sizes and max(last.suggested_sizes) < min(last.params)
+    assert fit.n_opt.budgets == 5
+    assert fit.compute_range == (1e17, 3e18)
+    assert any(w.startswith("budget 6e+18 FLOPs: refused") for w in fit.warnings)
+    table = fit.table()
+    assert "5 of 6 budgets used" in table and "refused" in table
+
+
+def test_fewer_than_two_optima_is_one_clear_error():
+    points = study(seed=2, offset=[0, 1.0, 1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(LawFitError, match=r"only 1 of 6 budgets.*budget 3e\+17 FLOPs: refused"):
+        fit_laws(points, FAST)
+
+
+def test_budget_with_two_sizes_is_named():
+    points = study(sizes=5)
+    two = sorted(p.params for p in points if p.compute == 1e18)[:2]
+    points = [p for p in points if p.compute != 1e18 or p.params in two]
+    with pytest.raises(RunsTableError, match=r"budget 1e\+18 FLOPs has 2 distinct size"):
+        fit_laws(points, FAST)
+
+
+def test_fid_law_and_its_absence():
+    points = with_fid(study(seed=3))
+    fit = fit_laws(points, FAST)
+    assert fit.fid is not None and fit.fid.exponent < 0
+    assert fit.fid.exponent_ci[0] <= fit.fid.exponent <= fit.fid.exponent_ci[1]
+    assert all(b.fid_opt is not None for b in fit.budgets)
+    assert fit_laws(study(seed=3), FAST).fid is None
+    only_one = [p if p.compute == 1e17 else RunPoint(p.compute, p.params, p.loss) for p in points]
+    fit = fit_laws(only_one, FAST)
+    assert fit.fid is None and any("no FID law" in w for w in fit.warnings)
+
+
+def test_saturating_loss_recovers_the_irreducible_loss():
+    # On the surface's frontier L_opt = E + K C^-gamma exactly.
+    truth = SURFACES["chinchilla"]
+    fit = fit_laws(study(seed=4, rel_sigma=0.001), FitOptions(draws=200, saturating=True))
+    s = fit.loss_saturating
+    assert s.ci["E"][0] <= truth.E <= s.ci["E"][1]
+    assert s.ci["alpha"][0] <= truth.exponents().gamma <= s.ci["alpha"][1]
+    assert "Saturating loss" in fit.table()
+    assert fit_laws(study(seed=4), FAST).loss_saturating is None
+
+
+def test_predict_with_intervals_and_extrapolation():
+    fit = fit_laws(with_fid(study(seed=5)), FAST)
+    inside = fit.predict(1e18)
+    assert inside.extrapolation_decades == 0
+    far = fit.predict(1.5e21)
+    assert far.extrapolation_decades == pytest.approx(math.log10(1.5e21 / 6e18))
+    assert fit.predict(1e16).extrapolation_decades == pytest.approx(1.0)
+    truth = SURFACES["chinchilla"].optimum(1.5e21).n_opt
+    assert far.n_opt.ci[0] <= truth <= far.n_opt.ci[1]
+    for est in (far.n_opt, far.d_opt, far.loss, far.fid):
+        assert est.ci[0] <= est.value <= est.ci[1]
+    # Intervals widen with extrapolation.
+    rel = [(p.n_opt.ci[1] - p.n_opt.ci[0]) / p.n_opt.value for p in (inside, far)]
+    assert rel[1] > 1.5 * rel[0]
+    assert "extrapolates 2.40 decades" in far.text()
+    assert far.to_dict()["n_opt"]["ci"] == list(far.n_opt.ci)
+    with pytest.raises(ValueError, match="compute=-1"):
+        fit.predict(-1)
+
+
+def test_paper_law_reproduces_958m_at_1_5e21():
+    law = paper_law()
+    p = law.predict(1.5e21)
+    assert p.n_opt.value == pytest.approx(958.3e6, rel=0.02)
+    assert p.n_opt.ci is None and p.loss.ci is None
+    assert p.d_opt.value * p.n_opt.value * 6 == pytest.approx(1.5e21, rel=0.01)
+    assert p.fid.value == pytest.approx(2.2566e6 * 1.5e21**-0.234)
+    assert law.approach3 is None and law.budgets == ()
+    assert "quoted without intervals" in law.table()
+    again = LawFit.from_json(law.to_json())
+    assert again.predict(1.5e21) == p
+
+
+def test_json_has_the_documented_schema_and_round_trips():
+    fit = fit_laws(with_fid(study(seed=6)), FitOptions(draws=100, saturating=True))
+    data = json.loads(fit.to_json())
+    assert {"approach2", "approach3", "convention", "flops_per_multiply_add"} <= set(data)
+    assert data["convention"] == "6ND" and data["flops_per_multiply_add"] == 2
+    a2 = data["approach2"]
+    for name in ("n_opt", "d_opt", "loss", "fid"):
+        assert {"coefficient", "exponent", "exponent_ci", "coefficient_ci"} <= set(a2[name])
+        assert len(a2[name]["exponent_ci"]) == 2
+    budget = a2["budgets"][0]
+    assert {"compute", "n_opt", "n_opt_ci", "d_opt", "loss_opt", "points", "centred"} <= set(budget)
+    assert budget["points"] == 9 and budget["centred"] is True
+    a3 = data["approach3"]
+    assert {"E", "A", "B", "alpha", "beta", "a", "b", "ci"} <= set(a3)
+    assert set(a3["ci"]) == {"E", "A", "B", "alpha", "beta", "a", "b"}
+    assert len(data["draws"]["n_opt"]) == 100
+    again = LawFit.from_json(fit.to_json())
+    for c in (1e17, 1e19, 1.5e21):
+        assert again.predict(c) == fit.predict(c)
+    assert again.to_json() == fit.to_json()
+    assert again.table() == fit.table()
+    with pytest.raises(ValueError, match="schema"):
+        LawFit.from_json({"approach2": {}})
+
+
+def test_fit_round_trips_through_parquet(tmp_path):
+    points = with_fid(study(seed=7))
+    path = write_runs(points, tmp_path / "runs.parquet")
+    direct = fit_laws(points, FAST)
+    via_file = fit_laws(read_runs(path), FAST)
+    assert via_file.to_json() == direct.to_json()
+
+
+def test_exact_convention_uses_recorded_tokens():
+    points = [RunPoint(p.compute, p.params, p.loss, tokens=p.tokens * 1.1) for p in study(seed=8)]
+    fit = fit_laws(points, FitOptions(draws=100, convention="exact"))
+    b = fit.budgets[0]
+    assert b.d_opt == pytest.approx(1.1 * b.compute / (6 * b.n_opt), rel=1e-9)
+    assert "convention exact" in fit.table()
+    assert json.loads(fit.to_json())["convention"] == "exact"
+
+
+def test_table_states_units_and_conventions():
+    text = fit_laws(study(seed=9), FAST).table()
+    assert "multiply-add = 2 FLOPs" in text and "C = 6 N D" in text
+    for needle in ("N_opt (parameters)", "D_opt (tokens)", "loss at optimum", "95% interval",
+                   "6 of 6 budgets used", "Approach 3", "alpha", "consistent"):
+        assert needle in text
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("draws", 5), ("noise_sigma", -0.1), ("floor_spacing", float("nan")), ("convention", "7ND")],
+)
+def test_options_are_validated(field, value):
+    with pytest.raises(ValueError, match=f"FitOptions.{field}"):
+        FitOptions(**{field: value})
+
+
+def test_noise_option_widens_intervals():
+    points = study(seed=10)
+    base = fit_laws(points, FitOptions(draws=300, floor_spacing=0.0, approach3=False))
+    noisy = fit_laws(points, FitOptions(draws=300, floor_spacing=0.0, approach3=False,
+                                        noise_sigma=0.01))
+    def width(f):
+        return f.n_opt.exponent_ci[1] - f.n_opt.exponent_ci[0]
+    assert width(noisy) > 1.2 * width(base)

@@ -1,0 +1,107 @@
+import math
+
+import numpy as np
+import pytest
+
+from scaling.laws.bootstrap import resample
+from scaling.laws.isoflop import fit_budget
+
+C = 1e18
+
+
+def budget(x_opt: float, x: np.ndarray, noise: float = 0.0, curvature: float = 0.05, seed=0,
+           fids=None, floor_spacing=0.33, draws=400):
+    """A budget whose loss is an exact parabola in log10 N with its vertex at x_opt."""
+    rng = np.random.default_rng(seed)
+    params = 10**x
+    losses = (3.0 + curvature * (x - x_opt) ** 2) * np.exp(noise * rng.standard_normal(x.size))
+    tokens = C / (6 * params)
+    fids = np.full(x.size, np.nan) if fids is None else fids
+    r = resample([np.arange(x.size)], params, losses, draws, rng)
+    return fit_budget(C, params, tokens, losses, fids, r.counts, r.losses, rng, floor_spacing)
+
+
+def test_exact_parabola_gives_its_vertex():
+    x = np.linspace(7.0, 8.0, 9)
+    fit, draws = budget(7.53, x)
+    assert math.log10(fit.n_opt) == pytest.approx(7.53, abs=1e-9)
+    assert fit.loss_opt == pytest.approx(3.0)
+    assert fit.d_opt == pytest.approx(C / (6 * fit.n_opt))
+    assert fit.centred and not fit.refused and fit.message == ""
+    assert fit.points == 9 and fit.suggested_sizes == ()
+    c0, c1, c2 = fit.parabola
+    assert c0 + c1 * 7.2 + c2 * 7.2**2 == pytest.approx(3.0 + 0.05 * 0.33**2)
+    lo, hi = fit.log10_n_ci
+    assert lo <= 7.53 <= hi
+    assert draws.log_n.shape == (400,)
+
+
+def test_interval_covers_the_truth_and_shrinks_with_more_points():
+    widths = []
+    for n in (5, 17):
+        x = np.linspace(7.0, 8.0, n)
+        hits, width = 0, []
+        for seed in range(10):
+            fit, _ = budget(7.5, x, noise=0.002, curvature=0.3, seed=seed, floor_spacing=0.0)
+            lo, hi = fit.log10_n_ci
+            hits += lo <= 7.5 <= hi
+            width.append(hi - lo)
+        assert hits >= 8
+        widths.append(np.mean(width))
+    assert widths[1] < 0.75 * widths[0]
+
+
+def test_off_centre_grid_is_flagged_with_sizes_on_the_optimums_side():
+    x = np.linspace(7.0, 8.0, 9)
+    fit, _ = budget(7.85, x)
+    assert not fit.refused and not fit.centred
+    assert "budget 1e+18 FLOPs" in fit.message and "not centred" in fit.message
+    assert fit.suggested_sizes and min(fit.suggested_sizes) > 1e8
+    # Adding them puts the vertex in the middle third.
+    grid = np.concatenate([x, np.log10(fit.suggested_sizes)])
+    lo, hi = grid.min(), grid.max()
+    assert lo + (hi - lo) / 3 <= 7.85 <= hi - (hi - lo) / 3 + 0.02
+
+
+def test_minimum_outside_the_grid_is_refused():
+    x = np.linspace(7.0, 8.0, 9)
+    fit, draws = budget(6.7, x)
+    assert fit.refused and draws is None
+    assert fit.n_opt is None and fit.n_opt_ci is None
+    assert "refused" in fit.message and "budget 1e+18 FLOPs" in fit.message
+    assert "outside the sampled sizes" in fit.message
+    assert fit.suggested_sizes and max(fit.suggested_sizes) < 1e7
+
+
+def test_concave_losses_are_refused():
+    x = np.linspace(7.0, 8.0, 9)
+    fit, draws = budget(7.5, x, curvature=-0.05)
+    assert fit.refused and draws is None
+    assert "not convex" in fit.message and fit.suggested_sizes
+
+
+def test_floor_on_the_optimums_spread():
+    x = np.array([7.0, 7.5, 8.0])  # three runs: every resample is the same, no spread of its own
+    fit, draws = budget(7.5, x, floor_spacing=0.33)
+    assert draws.log_n.std() == pytest.approx(0.33 * 0.5, rel=0.15)
+    _, bare = budget(7.5, x, floor_spacing=0.0)
+    assert bare.log_n.std() < 1e-12
+
+
+def test_edge_draws_are_reported():
+    x = np.linspace(7.0, 8.0, 5)
+    fit, _ = budget(7.95, x, noise=0.003, curvature=0.02, seed=3)
+    assert fit.edge_fraction > 0.2
+    assert "edge of the sampled sizes" in fit.message
+
+
+def test_fid_at_the_optimum():
+    x = np.linspace(7.0, 8.0, 9)
+    fids = 10 ** (1.5 + 0.2 * (x - 7.0) ** 2)
+    fids[::2] = np.nan  # FID measured on 4 sizes only
+    fit, draws = budget(7.5, x, fids=fids)
+    assert fit.fid_opt == pytest.approx(10 ** (1.5 + 0.2 * 0.25), rel=1e-9)
+    assert draws.log_fid is not None
+    assert fit.fids[0] is None and fit.fids[1] == pytest.approx(fids[1])
+    lo, hi = fit.fid_opt_ci
+    assert lo <= fit.fid_opt <= hi

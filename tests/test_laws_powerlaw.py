@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from scaling.laws.powerlaw import (
+    PowerLaw,
+    fit_power_law,
+    fit_saturating,
+    weights_from_sd,
+)
+
+C = np.array([1e17, 3e17, 6e17, 1e18, 3e18, 6e18])
+
+
+def draws_around(log_y: np.ndarray, sd: np.ndarray, n: int = 2000, seed: int = 0) -> np.ndarray:
+    return log_y + sd * np.random.default_rng(seed).standard_normal((n, log_y.size))
+
+
+def test_exact_power_law_is_recovered_with_intervals():
+    log_y = np.log10(0.0009 * C**0.5681)
+    law = fit_power_law(C, log_y, draws_around(log_y, np.full(6, 0.03)))
+    assert law.coefficient == pytest.approx(0.0009, rel=1e-9)
+    assert law.exponent == pytest.approx(0.5681, abs=1e-12)
+    assert law.exponent_ci[0] < 0.5681 < law.exponent_ci[1]
+    assert law.coefficient_ci[0] < 0.0009 < law.coefficient_ci[1]
+    assert law.budgets == 6 and law.draws.shape == (2000, 2)
+    # Exponent sd of a line through 6 points with sd 0.03: 0.03 / sqrt(sum (x - mean)^2).
+    x = np.log10(C)
+    expected = 0.03 / np.sqrt(((x - x.mean()) ** 2).sum())
+    assert (law.exponent_ci[1] - law.exponent_ci[0]) / 3.92 == pytest.approx(expected, rel=0.1)
+
+
+def test_interval_at_a_compute():
+    law = PowerLaw(2.0, 0.5, draws=np.array([[1.0, 0.5], [2.0, 0.5], [3.0, 0.5], [4.0, 0.5]]))
+    lo, hi = law.interval(100.0)
+    assert 10.0 <= lo < hi <= 40.0
+    assert law(100.0) == pytest.approx(20.0)
+    assert law.interval(np.array([1.0, 4.0])).shape == (2, 2)
+    assert PowerLaw(1.0, 1.0).interval(5.0) is None
+
+
+def test_uncertain_budget_gets_less_weight():
+    log_y = np.log10(C**0.5)
+    log_y[-1] += 0.3  # an outlier...
+    sd = np.full(6, 0.01)
+    sd[-1] = 0.3  # ...that its own draws say is uncertain
+    weighted = fit_power_law(C, log_y, draws_around(log_y, sd))
+    naive = np.polyfit(np.log10(C), log_y, 1)[0]
+    assert abs(weighted.exponent - 0.5) < 0.2 * abs(naive - 0.5)
+
+
+def test_weights_floor():
+    w = weights_from_sd(np.array([0.0, 0.1, 0.1, 0.2]))
+    assert w[0] == pytest.approx(1 / 0.01**2)
+    assert weights_from_sd(np.zeros(3)).tolist() == [1e12] * 3
+
+
+def test_draws_are_rounded_so_json_round_trips():
+    log_y = np.log10(C**0.5)
+    law = fit_power_law(C, log_y, draws_around(log_y, np.full(6, 0.02), n=50))
+    assert all(float(f"{v:.7g}") == v for v in law.draws.ravel())
+
+
+def test_needs_two_budgets():
+    with pytest.raises(ValueError, match="at least 2 budgets"):
+        fit_power_law(C[:1], np.zeros(1), np.zeros((10, 1)))
+
+
+def test_saturating_law_is_recovered():
+    E, A, alpha = 1.8, 300.0, 0.18
+    loss = E + A * C**-alpha
+    rng = np.random.default_rng(0)
+    draws = loss * np.exp(0.002 * rng.standard_normal((500, 6)))
+    law = fit_saturating(C, loss, draws, np.full(6, 1.0))
+    assert law.E == pytest.approx(E, rel=1e-5)
+    assert law.alpha == pytest.approx(alpha, rel=1e-4)
+    assert law.A == pytest.approx(A, rel=1e-3)
+    assert law.ci["alpha"][0] < alpha < law.ci["alpha"][1]
+    assert law.ci["E"][0] < E < law.ci["E"][1]
+    assert law(1e18) == pytest.approx(E + A * 1e18**-alpha, rel=1e-4)
+    with pytest.raises(ValueError, match="at least 3 budgets"):
+        fit_saturating(C[:2], loss[:2], draws[:, :2], np.ones(2))
