@@ -1,0 +1,221 @@
+"""The study spec: a TOML file validated into frozen pydantic models before any compute starts.
+
+A bad spec fails with one line per problem, each naming the field, the value and what is allowed:
+`budgets[2]: -1e12 is not a positive number of FLOPs`. Relative paths are resolved against the
+directory the command runs in. FLOPs count a multiply-add as 2 FLOPs throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomllib
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_OUTPUT = "dit-scaling-runs"
+
+
+class SpecError(ValueError):
+    """A study spec that cannot run; the message names every bad field."""
+
+
+def _positive(what: str):
+    def check(value: float) -> float:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise ValueError(f"is not a positive number of {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+Flops = Annotated[float, _positive("FLOPs")]
+Params = Annotated[float, _positive("parameters")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """The model family and which sizes each budget trains (N = total DiT parameters)."""
+
+    conditioning: Literal["in_context", "cross_attention"] = "in_context"
+    patch_size: int = Field(4, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    sizes: list[Params] | None = None  # explicit sizes for every budget, in parameters
+    sizes_per_budget: int = Field(4, ge=1)  # else k sizes spaced in log N around the heuristic
+    size_spacing: float = Field(2.0, gt=1.0)  # ratio between neighbouring sizes
+    tokens_per_param: float = Field(20.0, gt=0)  # heuristic centre D = r N, so N = sqrt(C / 6r)
+    min_params: Params = 3e4
+    max_params: Params = 2e9
+
+    @model_validator(mode="after")
+    def _range(self) -> ModelSpec:
+        if self.min_params >= self.max_params:
+            raise ValueError(f"min_params={self.min_params:g} must be below max_params="
+                             f"{self.max_params:g}")
+        return self
+
+
+class DataSpec(_Frozen):
+    """Where the training shards come from: the built-in generator or a prepared dataset."""
+
+    source: Literal["builtin", "path"] = "builtin"
+    path: str | None = None  # builtin: where to write it (default OUTPUT/data); path: dataset dir
+    image_size: int = Field(32, ge=8)
+    train_samples: int = Field(16384, ge=64)
+    val_samples: int = Field(1024, ge=16)
+    ood_samples: int = Field(512, ge=0)
+    samples_per_shard: int = Field(2048, ge=16)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataSpec:
+        if self.source == "path" and not self.path:
+            raise ValueError("source = 'path' needs data.path, the directory holding dataset.json")
+        return self
+
+
+class TrainerSpec(_Frozen):
+    """Optimisation settings shared by every trial of the study."""
+
+    kind: Literal["real"] = "real"
+    batch_size: int = Field(64, ge=1)  # global batch in samples
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["constant", "cosine", "constant_cooldown"] = "constant_cooldown"
+    cooldown_fraction: float = Field(0.2, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    ema_alpha: float = Field(0.9, ge=0, lt=1)
+    report_every: int = Field(10, ge=1)  # steps between reports (metrics to MLflow)
+    checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at the end
+    val_samples: int = Field(512, ge=0)  # held-out samples for the final validation loss
+
+
+class ResourcesSpec(_Frozen):
+    """What one trial asks of the cluster; concurrency follows from it and the cluster."""
+
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as the cluster fits
+    max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
+
+
+class TrackingSpec(_Frozen):
+    uri: str | None = None  # default: sqlite:///OUTPUT/mlflow.db
+    artifact_root: str | None = None  # default: OUTPUT/artifacts
+
+
+class StorageSpec(_Frozen):
+    path: str | None = None  # Ray Tune/Train storage; default OUTPUT/ray
+
+
+class StudySpec(_Frozen):
+    """One isoFLOP study: budgets x model sizes, trained, tracked and fitted."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    seed: int = 0
+    budgets: list[Flops] = Field(min_length=2)
+    convention: Literal["6ND", "exact"] = "6ND"
+    metric: Literal["loss_ema", "val_loss"] = "loss_ema"  # minimised per budget by the fit
+    output_dir: str = DEFAULT_OUTPUT
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    trainer: TrainerSpec = TrainerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+
+    @model_validator(mode="after")
+    def _distinct_budgets(self) -> StudySpec:
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"budgets {_value(self.budgets)} repeat a value; each budget is one "
+                             "isoFLOP curve")
+        if self.metric == "val_loss" and self.trainer.val_samples == 0:
+            raise ValueError("metric = 'val_loss' needs trainer.val_samples > 0")
+        return self
+
+    # Resolved locations (absolute), so Ray workers in other directories agree on them.
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.output_path / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.tracking.artifact_root or str(self.output_path / "artifacts")
+
+    @property
+    def storage_path(self) -> str:
+        return self.storage.path or str(self.output_path / "ray")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data.path).expanduser().resolve() if self.data.path else (
+            self.output_path / "data")
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "spec"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}".replace("e+", "e")
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        loc = _loc(tuple(p for p in e["loc"] if p not in ("function-after",)))
+        if e["type"] == "missing":
+            lines.append(f"{loc}: missing (required)")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown field (check its spelling)")
+        elif msg.startswith("is "):
+            lines.append(f"{loc}: {_value(e['input'])} {msg}")
+        elif loc == "spec" or e["type"] == "value_error":
+            lines.append(f"{loc}: {msg}")
+        else:
+            lines.append(f"{loc}: {_value(e['input'])} is not allowed: {msg[0].lower()}{msg[1:]}")
+    return f"{source}: invalid study spec\n  " + "\n  ".join(lines)
+
+
+def parse_spec(data: dict, source: str = "spec") -> StudySpec:
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study spec TOML file; raises SpecError naming every bad field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such study spec file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    return parse_spec(data, str(path))
+
+
+def spec_to_toml_dict(spec: StudySpec) -> dict:
+    """The spec as plain data (None fields dropped), for logging and for re-running it elsewhere."""
+    return spec.model_dump(mode="json", exclude_none=True)

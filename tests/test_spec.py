@@ -1,0 +1,63 @@
+"""The study spec: valid specs load frozen; every bad field is named with its value."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from search.spec import SpecError, load_spec, parse_spec
+
+DEMO = Path(__file__).resolve().parents[1] / "search" / "studies" / "demo.toml"
+
+
+def test_demo_spec_loads_and_is_frozen():
+    spec = load_spec(DEMO)
+    assert spec.name == "demo"
+    assert len(spec.budgets) >= 2
+    assert spec.trainer.ema_alpha == 0.9
+    with pytest.raises(ValidationError):
+        spec.seed = 3
+
+
+def test_defaults_resolve_under_output_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec({"name": "s", "budgets": [1e11, 1e12]})
+    assert spec.tracking_uri == f"sqlite:///{tmp_path / 'dit-scaling-runs' / 'mlflow.db'}"
+    assert spec.storage_path == str(tmp_path / "dit-scaling-runs" / "ray")
+    assert spec.convention == "6ND"
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"name": "s", "budgets": [1e11, 2e11, -1e12]},
+         "budgets[2]: -1e12 is not a positive number of FLOPs"),
+        ({"name": "s", "budgets": [1e11, 2e11], "model": {"conditioning": "film"}},
+         "model.conditioning: 'film' is not allowed"),
+        ({"name": "s", "budgets": [1e11, 2e11], "trainer": {"batch_size": 0}},
+         "trainer.batch_size: 0 is not allowed"),
+        ({"name": "s", "budgets": [1e11, 2e11], "trainer": {"bach_size": 8}},
+         "trainer.bach_size: unknown field"),
+        ({"budgets": [1e11, 2e11]}, "name: missing"),
+        ({"name": "s", "budgets": [1e11]}, "budgets: [1e11] is not allowed"),
+        ({"name": "s", "budgets": [1e11, 2e11], "model": {"sizes": [1e5, 0]}},
+         "model.sizes[1]: 0 is not a positive number of parameters"),
+        ({"name": "s", "budgets": [1e11, 2e11], "data": {"source": "path"}},
+         "needs data.path"),
+        ({"name": "s", "budgets": [1e11, 1e11]}, "repeat a value"),
+    ],
+)
+def test_bad_spec_names_field_and_value(data, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "bad.toml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("bad.toml: invalid study spec")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(SpecError, match="no such study spec"):
+        load_spec(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x\n")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_spec(bad)
