@@ -1,0 +1,262 @@
+"""Diffusion Transformers for text-to-image rectified flow, in the paper's two conditioning designs.
+
+- `in_context` (the paper's base design): one sequence [timestep token, text tokens, image tokens]
+  through plain pre-norm transformer blocks; the head reads the image tokens.
+- `cross_attention` (PixArt-alpha style): self-attention over image tokens, cross-attention from
+  image tokens to [a learned null token, text tokens], MLP; the timestep enters through
+  adaLN-single (one shared modulation projection plus a learned per-block table).
+
+Both share the patch embedding, fixed 2-D sin-cos positions, the timestep embedder and the size
+ladder, so their scaling exponents can be compared (the paper's Table 1). The model predicts the
+velocity v = eps - x0 (see `scaling.objective`).
+
+Parameter count N (DESIGN.md): all trainable DiT parameters, embeddings included; the frozen text
+encoder is not part of N. `embedding` counts everything outside the transformer blocks (patch
+embedding, text projection, timestep embedder, null token, final norm and head, adaLN-single);
+`non_embedding` counts the blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Conditioning = Literal["in_context", "cross_attention"]
+FREQ_DIM = 256  # sinusoidal timestep features, as in facebookresearch/DiT
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Depth (blocks), width (model dimension) and attention heads of one DiT."""
+
+    depth: int
+    width: int
+    heads: int
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """A DiT: its shape, its conditioning design and the dimensions of its inputs."""
+
+    shape: ModelShape
+    conditioning: Conditioning = "in_context"
+    image_size: int = 32  # pixels, or latent side length
+    in_channels: int = 3
+    patch_size: int = 4
+    text_dim: int = 384  # width of the frozen text encoder's token features
+    text_len: int = 16  # text tokens per sample, padded
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in ("in_context", "cross_attention"):
+            raise ValueError(f"conditioning {self.conditioning!r} is not in_context or "
+                             "cross_attention")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size={self.image_size} is not divisible by "
+                             f"patch_size={self.patch_size}")
+        for name in ("in_channels", "text_dim", "text_len", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.patch_size**2
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameters of a DiT: total (N), embedding (outside the blocks) and non-embedding."""
+
+    total: int
+    embedding: int
+    non_embedding: int
+
+
+def parameter_count(cfg: DiTConfig) -> ParamCount:
+    """N in closed form, without building the model (equal to summing `DiT(cfg).parameters()`)."""
+    w, d, h = cfg.shape.width, cfg.shape.depth, cfg.mlp_ratio * cfg.shape.width
+    linear = lambda i, o: i * o + o  # noqa: E731
+    attention = 4 * linear(w, w)
+    mlp = linear(w, h) + linear(h, w)
+    norm = 2 * w
+    embed = (linear(cfg.patch_dim, w) + linear(cfg.text_dim, w)
+             + linear(FREQ_DIM, w) + linear(w, w) + norm + linear(w, cfg.patch_dim))
+    if cfg.conditioning == "in_context":
+        block = 2 * norm + attention + mlp
+    else:
+        # Only the cross-attention norm is affine (adaLN modulates the other two); a 6 w table.
+        block = norm + 2 * attention + mlp + 6 * w
+        embed += w + linear(w, 6 * w)  # null text token, shared adaLN-single projection
+    return ParamCount(total=embed + d * block, embedding=embed, non_embedding=d * block)
+
+
+def sincos_2d(width: int, grid: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding [grid * grid, width] (MAE / DiT style)."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / max(1, quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid, dtype=torch.float64), indexing="ij")
+    parts = []
+    for pos in (ys.flatten(), xs.flatten()):
+        angles = pos[:, None] * omega[None, :]
+        parts += [angles.sin(), angles.cos()]
+    emb = torch.cat(parts, dim=1)
+    return F.pad(emb, (0, width - emb.shape[1])).float()
+
+
+def timestep_features(t: Tensor, dim: int = FREQ_DIM) -> Tensor:
+    """Sinusoidal features of t in [0, 1], scaled to DiT's 0..1000 timestep range."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None, :]
+    return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `scaled_dot_product_attention` (flash kernels on GPU)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        b, n, w = x.shape
+        split = lambda y: y.view(b, y.shape[1], self.heads, w // self.heads).transpose(1, 2)  # noqa: E731
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(context)),
+                                           split(self.v(context)), attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, w))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, width: int, hidden: int):
+        super().__init__(nn.Linear(width, hidden), nn.GELU(approximate="tanh"),
+                         nn.Linear(hidden, width))
+
+
+class InContextBlock(nn.Module):
+    """Pre-norm transformer block over the joint [time, text, image] sequence."""
+
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.mlp = MLP(width, hidden)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Self-attention, cross-attention to text, MLP; timestep by adaLN-single (PixArt-alpha)."""
+
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(width)
+        self.norm3 = nn.LayerNorm(width, elementwise_affine=False)
+        self.attn = Attention(width, heads)
+        self.cross = Attention(width, heads)
+        self.mlp = MLP(width, hidden)
+        self.table = nn.Parameter(torch.randn(6, width) / math.sqrt(width))
+
+    def forward(self, x: Tensor, text: Tensor, text_mask: Tensor, t_mod: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.table[None] + t_mod).unbind(1)
+        h = self.norm1(x) * (1 + scale1[:, None]) + shift1[:, None]
+        x = x + gate1[:, None] * self.attn(h, h)
+        x = x + self.cross(self.norm2(x), text, text_mask)
+        h = self.norm3(x) * (1 + scale2[:, None]) + shift2[:, None]
+        return x + gate2[:, None] * self.mlp(h)
+
+
+class DiT(nn.Module):
+    """Predicts the rectified-flow velocity for images x_t, timesteps t and text token features."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        w, hidden = cfg.shape.width, cfg.mlp_ratio * cfg.shape.width
+        self.patch = nn.Linear(cfg.patch_dim, w)
+        self.register_buffer("pos", sincos_2d(w, cfg.image_size // cfg.patch_size),
+                             persistent=False)
+        self.text_proj = nn.Linear(cfg.text_dim, w)
+        self.time = nn.Sequential(nn.Linear(FREQ_DIM, w), nn.SiLU(), nn.Linear(w, w))
+        if cfg.conditioning == "in_context":
+            self.blocks = nn.ModuleList(InContextBlock(w, cfg.shape.heads, hidden)
+                                        for _ in range(cfg.shape.depth))
+        else:
+            self.null_text = nn.Parameter(torch.zeros(1, 1, w))
+            self.adaln = nn.Sequential(nn.SiLU(), nn.Linear(w, 6 * w))
+            self.blocks = nn.ModuleList(CrossAttentionBlock(w, cfg.shape.heads, hidden)
+                                        for _ in range(cfg.shape.depth))
+        self.norm = nn.LayerNorm(w)
+        self.head = nn.Linear(w, cfg.patch_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.time[0].weight, std=0.02)
+        nn.init.normal_(self.time[2].weight, std=0.02)
+        # Zero head (and zero adaLN gates): every block starts as the identity, as in DiT.
+        nn.init.zeros_(self.head.weight)
+        if self.cfg.conditioning == "cross_attention":
+            nn.init.zeros_(self.adaln[1].weight)
+            nn.init.normal_(self.null_text, std=0.02)
+
+    def patchify(self, x: Tensor) -> Tensor:
+        p = self.cfg.patch_size
+        b, c, hgt, wid = x.shape
+        x = x.reshape(b, c, hgt // p, p, wid // p, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, (hgt // p) * (wid // p), p * p * c)
+
+    def unpatchify(self, tokens: Tensor) -> Tensor:
+        p, c = self.cfg.patch_size, self.cfg.in_channels
+        g = self.cfg.image_size // p
+        x = tokens.reshape(tokens.shape[0], g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(tokens.shape[0], c, g * p, g * p)
+
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """x [B,C,H,W], t [B] in [0, 1], text [B,L,text_dim], text_mask [B,L] (True = real token).
+        Returns the velocity, shaped like x."""
+        image = self.patch(self.patchify(x)) + self.pos.to(x.dtype)
+        temb = self.time(timestep_features(t).to(image.dtype))
+        txt = self.text_proj(text.to(image.dtype))
+        if self.cfg.conditioning == "in_context":
+            n_img = image.shape[1]
+            seq = torch.cat([temb[:, None], txt, image], dim=1)
+            ones = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+            key_mask = torch.cat([ones, text_mask, ones.expand(-1, n_img)], dim=1)
+            for block in self.blocks:
+                seq = block(seq, key_mask)
+            out = seq[:, -n_img:]
+        else:
+            keys = torch.cat([self.null_text.expand(x.shape[0], -1, -1).to(txt.dtype), txt], 1)
+            ones = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+            key_mask = torch.cat([ones, text_mask], dim=1)
+            t_mod = self.adaln(temb).view(-1, 6, temb.shape[-1])
+            out = image
+            for block in self.blocks:
+                out = block(out, keys, key_mask, t_mod)
+        return self.unpatchify(self.head(self.norm(out)))
