@@ -9,13 +9,14 @@ Rule, for a target N* (total parameters of the given model family and input dime
    log space.
 Allowed widths are 8 apart up to 96 and about w / 8 apart beyond, so neighbouring ladder entries
 differ by well under x1.5 in N above ~200K parameters: fine enough for an allocator to refine an
-isoFLOP minimum. The ladder reaches from ~25K parameters (depth 1, width 16) past 1B (depth 27,
-width ~1,750).
+isoFLOP minimum. The ladder reaches from ~15-25K parameters (depth 1, width 16; the template's
+input dimensions set the floor) past 1B (depth 27, width ~1,550-1,750).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import replace
 from functools import lru_cache
 
@@ -50,7 +51,7 @@ def shape_for(target_params: float, template: DiTConfig) -> ModelShape:
 
 def nearest(target_params: float, template: DiTConfig) -> tuple[ModelShape, int]:
     """The ladder's shape nearest `target_params` (in log N) and its exact parameter count."""
-    if not (isinstance(target_params, int | float) and math.isfinite(target_params)
+    if not (isinstance(target_params, numbers.Real) and math.isfinite(target_params)
             and target_params > 0):
         raise ValueError(f"target_params={target_params} is not a positive number of parameters")
     return _nearest(float(target_params), replace(template, shape=ModelShape(1, 16, 1)))

@@ -11,9 +11,9 @@ ladder, so their scaling exponents can be compared (the paper's Table 1). The mo
 velocity v = eps - x0 (see `scaling.objective`).
 
 Parameter count N (DESIGN.md): all trainable DiT parameters, embeddings included; the frozen text
-encoder is not part of N. `embedding` counts everything outside the transformer blocks (patch
-embedding, text projection, timestep embedder, null token, final norm and head, adaLN-single);
-`non_embedding` counts the blocks.
+encoder is not part of N. `embedding` counts everything outside the transformer stack (patch
+embedding, text projection, timestep embedder, null token, adaLN-single projection, head);
+`non_embedding` counts the blocks and the final norm.
 """
 
 from __future__ import annotations
@@ -96,14 +96,15 @@ def parameter_count(cfg: DiTConfig) -> ParamCount:
     mlp = linear(w, h) + linear(h, w)
     norm = 2 * w
     embed = (linear(cfg.patch_dim, w) + linear(cfg.text_dim, w)
-             + linear(FREQ_DIM, w) + linear(w, w) + norm + linear(w, cfg.patch_dim))
+             + linear(FREQ_DIM, w) + linear(w, w) + linear(w, cfg.patch_dim))
     if cfg.conditioning == "in_context":
         block = 2 * norm + attention + mlp
     else:
         # Only the cross-attention norm is affine (adaLN modulates the other two); a 6 w table.
         block = norm + 2 * attention + mlp + 6 * w
         embed += w + linear(w, 6 * w)  # null text token, shared adaLN-single projection
-    return ParamCount(total=embed + d * block, embedding=embed, non_embedding=d * block)
+    stack = d * block + norm  # blocks and the final norm
+    return ParamCount(total=embed + stack, embedding=embed, non_embedding=stack)
 
 
 def sincos_2d(width: int, grid: int) -> Tensor:
@@ -219,11 +220,13 @@ class DiT(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.time[0].weight, std=0.02)
         nn.init.normal_(self.time[2].weight, std=0.02)
-        # Zero head (and zero adaLN gates): every block starts as the identity, as in DiT.
+        # As in DiT: the zero head starts the model at v = 0, zero gates close adaLN branches.
         nn.init.zeros_(self.head.weight)
         if self.cfg.conditioning == "cross_attention":
             nn.init.zeros_(self.adaln[1].weight)
             nn.init.normal_(self.null_text, std=0.02)
+            for block in self.blocks:  # gate rows of each table (adaLN-Zero)
+                nn.init.zeros_(block.table[2::3])
 
     def patchify(self, x: Tensor) -> Tensor:
         p = self.cfg.patch_size

@@ -33,6 +33,11 @@ def test_nearest_is_close_and_follows_the_rule(target):
     assert shape_for(target, TEMPLATE) == shape == nearest(target, TEMPLATE)[0]
 
 
+def test_deterministic_and_accepts_numpy_numbers():
+    assert nearest(np.int64(2_000_000), TEMPLATE) == nearest(2e6, TEMPLATE)
+    assert ladder(TEMPLATE, 1e5, 1e7) == ladder(TEMPLATE, 1e5, 1e7)
+
+
 def test_heads_are_about_64_wide_at_scale():
     shape, _ = nearest(1e9, TEMPLATE)
     assert 48 <= shape.width // shape.heads <= 96 and shape.depth >= 20

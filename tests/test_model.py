@@ -41,8 +41,9 @@ def test_parameter_count_matches_the_module(design, shape, patch, channels, text
     counted = parameter_count(cfg)
     assert counted.total == sum(p.numel() for p in DiT(cfg).parameters())
     assert counted.total == counted.embedding + counted.non_embedding
-    blocks = sum(p.numel() for p in DiT(cfg).blocks.parameters())
-    assert counted.non_embedding == blocks
+    model = DiT(cfg)
+    stack = sum(p.numel() for m in (model.blocks, model.norm) for p in m.parameters())
+    assert counted.non_embedding == stack
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -82,7 +83,11 @@ def test_dropped_caption_is_well_defined(design):
 def test_zero_initialised_head_and_timestep_dependence(design):
     cfg = replace(BASE, conditioning=design)
     x, t, text, mask = inputs(cfg)
-    assert torch.count_nonzero(DiT(cfg)(x, t, text, mask)) == 0  # DiT's zero init
+    fresh = DiT(cfg)
+    assert torch.count_nonzero(fresh(x, t, text, mask)) == 0  # DiT's zero init
+    if design == "cross_attention":  # adaLN-Zero: gates start closed for every timestep
+        assert all(torch.count_nonzero(b.table[2::3]) == 0 for b in fresh.blocks)
+        assert torch.count_nonzero(fresh.adaln[1].weight) == 0
     model = randomised(cfg).eval()
     assert not torch.allclose(model(x, t, text, mask), model(x, 1 - t, text, mask), atol=1e-4)
 
