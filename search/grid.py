@@ -1,0 +1,131 @@
+"""The fixed isoFLOP grid: for every budget, the spec's sizes or k sizes spaced in log N around
+the 6ND heuristic, rounded to the model ladder, planned into steps, and served to Ray Tune by a
+Searcher.
+
+Every trial config is plain data (budget in FLOPs, depth, width, heads, N), so Tune can save and
+restore it and a trial is reproducible from it and the study spec.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, replace
+
+from ray.tune.search import Searcher
+
+from scaling.flops import TrialPlan, plan_trial
+from scaling.ladder import nearest
+from scaling.model import DiTConfig, ModelShape
+from search.spec import StudySpec
+
+MIN_STEPS = 10  # a trial shorter than this measures the warmup, not the model
+
+
+class GridError(ValueError):
+    """The spec's budgets and sizes do not give a usable isoFLOP grid."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One point of the study: a model shape trained for one budget."""
+
+    budget: float  # FLOPs in the study's convention
+    shape: ModelShape
+    params: int  # N, total DiT parameters
+
+    @property
+    def key(self) -> str:
+        s = self.shape
+        return f"C{self.budget:.4g}-d{s.depth}w{s.width}h{s.heads}".replace("+", "")
+
+    def config(self) -> dict:
+        s = self.shape
+        return {"trial_key": self.key, "budget": self.budget, "depth": s.depth, "width": s.width,
+                "heads": s.heads, "params": self.params}
+
+    @staticmethod
+    def from_config(config: dict) -> TrialSpec:
+        shape = ModelShape(int(config["depth"]), int(config["width"]), int(config["heads"]))
+        return TrialSpec(float(config["budget"]), shape, int(config["params"]))
+
+
+def heuristic_params(budget: float, tokens_per_param: float) -> float:
+    """N with D = r N and C = 6 N D, i.e. N = sqrt(C / (6 r))."""
+    return math.sqrt(budget / (6.0 * tokens_per_param))
+
+
+def plan(spec: StudySpec, template: DiTConfig, trial: TrialSpec) -> TrialPlan:
+    cfg = replace(template, shape=trial.shape)
+    return plan_trial(cfg, trial.budget, spec.trainer.batch_size, spec.convention)
+
+
+def budget_trials(spec: StudySpec, template: DiTConfig, budget: float) -> list[TrialSpec]:
+    """The distinct ladder sizes one budget trains, smallest first."""
+    m = spec.model
+    if m.sizes:
+        targets = list(m.sizes)
+    else:
+        centre = heuristic_params(budget, m.tokens_per_param)
+        k = m.sizes_per_budget
+        targets = [centre * m.size_spacing ** (i - (k - 1) / 2) for i in range(k)]
+    targets = [min(max(t, m.min_params), m.max_params) for t in targets]
+    seen: dict[ModelShape, TrialSpec] = {}
+    for target in targets:
+        shape, n = nearest(target, template)
+        seen.setdefault(shape, TrialSpec(budget, shape, n))
+    return sorted(seen.values(), key=lambda t: t.params)
+
+
+def fixed_grid(spec: StudySpec, template: DiTConfig) -> list[TrialSpec]:
+    """All trials of the study; refuses budgets whose grid cannot locate an optimum."""
+    trials, problems = [], []
+    for i, budget in enumerate(spec.budgets):
+        usable = [t for t in budget_trials(spec, template, budget)
+                  if plan(spec, template, t).steps >= MIN_STEPS]
+        if len(usable) < 3:
+            problems.append(f"budgets[{i}]: {budget:g} FLOPs gives {len(usable)} distinct model "
+                            f"sizes with at least {MIN_STEPS} steps at batch "
+                            f"{spec.trainer.batch_size}; an isoFLOP parabola needs 3 or more "
+                            "(raise the budget, lower the batch size or the sizes)")
+        trials.extend(usable)
+    if problems:
+        raise GridError("\n  ".join(["the study grid is unusable:", *problems]))
+    return trials
+
+
+class GridSearcher(Searcher):
+    """Serves a fixed list of trials to Ray Tune, in order; resumable through save/restore."""
+
+    def __init__(self, trials: list[TrialSpec], metric: str = "loss", mode: str = "min"):
+        super().__init__(metric=metric, mode=mode)
+        self.configs = [t.config() for t in trials]
+        self.next_index = 0
+        self.issued: dict[str, str] = {}  # Tune trial id -> trial key
+
+    def suggest(self, trial_id: str):
+        if self.next_index >= len(self.configs):
+            return Searcher.FINISHED
+        config = self.configs[self.next_index]
+        self.next_index += 1
+        self.issued[trial_id] = config["trial_key"]
+        return dict(config)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        pass  # the fixed grid does not adapt; the adaptive allocator does
+
+    def get_state(self) -> dict:
+        return {"configs": self.configs, "next_index": self.next_index, "issued": self.issued}
+
+    def set_state(self, state: dict) -> None:
+        self.configs = state["configs"]
+        self.next_index = state["next_index"]
+        self.issued = state["issued"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))

@@ -1,0 +1,230 @@
+"""MLflow tracking: one experiment per study, a parent study run, one nested run per trial.
+
+Everything goes through an explicit `MlflowClient(tracking_uri)`, never the fluent global state,
+so the driver, Tune trainables and Train workers in other processes agree on where runs live.
+Trial runs are found by their `dit.trial_key` tag under the study run, so a retried or resumed
+trial reuses its run instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+KIND = "dit.kind"  # "study" or "trial"
+STUDY = "dit.study"
+TRIAL_KEY = "dit.trial_key"
+BUDGET = "dit.budget"
+STATUS = "dit.status"  # running, finished, failed, diverged
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+LAWS_FILE = "laws.json"
+MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not answer a query the service needs; the message names the server and study."""
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished (or failed) trial as MLflow holds it."""
+
+    run_id: str
+    trial_key: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+    def param(self, name: str, cast=float):
+        return cast(self.params[name])
+
+
+class Tracking:
+    """The study's MLflow store (SQLite file or server) and artifact root."""
+
+    def __init__(self, uri: str, artifact_root: str | None = None):
+        self.uri = uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def describe(self) -> str:
+        return self.uri
+
+    # -- experiments and study runs ---------------------------------------------------------
+    def experiment_id(self, study: str, create: bool = False) -> str:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            raise TrackingError(f"no study named {study!r} in MLflow at {self.uri}")
+        location = None
+        if self.artifact_root:
+            root = self.artifact_root
+            location = root if "://" in root else Path(root).resolve().as_uri()
+            location = f"{location.rstrip('/')}/{study}"
+        return self.client.create_experiment(study, artifact_location=location)
+
+    def start_study_run(self, study: str, params: dict[str, str]) -> str:
+        exp = self.experiment_id(study, create=True)
+        run = self.client.create_run(exp, tags={KIND: "study", STUDY: study, STATUS: "running"},
+                                     run_name=f"{study}-study")
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def study_runs(self, study: str) -> list:
+        exp = self.experiment_id(study)
+        return self.client.search_runs([exp], f"tags.`{KIND}` = 'study'",
+                                       order_by=["attributes.start_time DESC"])
+
+    def latest_study_run(self, study: str, with_laws: bool = False):
+        runs = self.study_runs(study)
+        if with_laws:
+            runs = [r for r in runs if r.data.tags.get("dit.laws") == "1"]
+        if not runs:
+            what = "with fitted laws " if with_laws else ""
+            raise TrackingError(f"study {study!r} has no study run {what}in MLflow at {self.uri}")
+        return runs[0]
+
+    # -- trial runs --------------------------------------------------------------------------
+    def trial_run(self, study: str, study_run_id: str, trial_key: str, params: dict[str, str],
+                  budget: float) -> str:
+        """The run id of this trial under the study run, created on first call."""
+        exp = self.experiment_id(study)
+        found = self.client.search_runs(
+            [exp], f"tags.`{PARENT}` = '{study_run_id}' and tags.`{TRIAL_KEY}` = '{trial_key}'")
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(exp, run_name=trial_key, tags={
+            PARENT: study_run_id, KIND: "trial", STUDY: study, TRIAL_KEY: trial_key,
+            BUDGET: f"{budget:.6g}", STATUS: "running"})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def trial_records(self, study_run_id: str, experiment_id: str) -> list[TrialRecord]:
+        runs = self.client.search_runs([experiment_id], f"tags.`{PARENT}` = '{study_run_id}'",
+                                       max_results=50000)
+        return [TrialRecord(r.info.run_id, r.data.tags.get(TRIAL_KEY, r.info.run_name),
+                            r.data.tags.get(STATUS, r.info.status.lower()), dict(r.data.params),
+                            dict(r.data.metrics)) for r in runs]
+
+    # -- logging -----------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=items[i:i + MAX_BATCH])
+
+    def set_status(self, run_id: str, status: str, terminal: bool = True) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(STATUS, status)])
+        if terminal:
+            mlflow_status = {"finished": "FINISHED", "killed": "KILLED"}.get(status, "FAILED")
+            self.client.set_terminated(run_id, mlflow_status)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None):
+        for p in paths:
+            self.client.log_artifact(run_id, str(p), artifact_path)
+
+    def download_text(self, run_id: str, name: str, dst: Path) -> str:
+        return Path(self.client.download_artifacts(run_id, name, str(dst))).read_text()
+
+
+def run_is_terminal(run) -> bool:
+    return RunStatus.is_terminated(RunStatus.from_string(run.info.status))
+
+
+class MetricSink:
+    """Buffers a run's metrics and delivers them from a background thread with retries and backoff.
+
+    Training never waits on the tracking server: if it is unreachable, metrics stay buffered, one
+    warning names the server, and delivery is retried (1 s, 2 s, ... up to 30 s apart) until it
+    answers or `close(timeout)` gives up, which says how many metrics were not delivered.
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 1.0):
+        self.uri, self.run_id = uri, run_id
+        self._client = MlflowClient(tracking_uri=uri)
+        self._pending: list[Metric] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._flush_every = flush_every_s
+        self.delivered = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-sink")
+        self._thread.start()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        with self._lock:
+            self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+
+    def _send_some(self) -> bool:
+        with self._lock:
+            batch = self._pending[:MAX_BATCH]
+        if not batch:
+            return True
+        try:
+            self._client.log_batch(self.run_id, metrics=batch)
+        except Exception as err:  # any transport or server error: keep the batch and retry
+            self.failures += 1
+            if self.failures == 1:
+                warnings.warn(f"MLflow tracking server {self.uri} did not accept metrics ({err}); "
+                              "training continues, metrics are buffered and retried", stacklevel=1)
+            return False
+        with self._lock:
+            del self._pending[:len(batch)]
+        self.delivered += len(batch)
+        return True
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while True:
+            self._wake.wait(self._flush_every)
+            self._wake.clear()
+            while self._pending:
+                if self._send_some():
+                    backoff = 1.0
+                    continue
+                if self._wake.wait(backoff):
+                    self._wake.clear()
+                backoff = min(30.0, backoff * 2)
+            if self._closing:
+                return
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self, timeout: float = 300.0) -> int:
+        """Deliver what is buffered, waiting at most `timeout` s; returns how many were not."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        left = self.pending
+        if left:
+            warnings.warn(f"{left} metrics for run {self.run_id} were not delivered to {self.uri}",
+                          stacklevel=1)
+        return left

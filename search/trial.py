@@ -1,0 +1,133 @@
+"""One trial on Ray: a Tune function trainable that builds a Ray Train `TorchTrainer`.
+
+Ray Train V2 (the default in Ray 2.60) cannot be passed to `Tuner` directly, so each Tune trial
+builds its own `TorchTrainer` and forwards the workers' reports to Tune with `TuneReportCallback`.
+The Train run name is fixed per study run and trial, so a retried trial resumes its own run from
+its last checkpoint instead of starting over (or silently resuming another trial's run).
+
+Metrics reach MLflow from the rank-0 worker through a buffered `MetricSink`, so nothing depends on
+the driver staying alive; the worker also sets the trial's final status (finished or diverged).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import ray.train
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from scaling.model import DiTConfig
+from scaling.train import TrainConfig, train
+from search.grid import TrialSpec, plan
+from search.spec import StudySpec
+from search.tracking import MetricSink, Tracking
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of a study shares; shipped to trainables with `tune.with_parameters`."""
+
+    study: str
+    study_run_id: str
+    tracking_uri: str
+    storage_path: str
+    spec: dict  # StudySpec as JSON-able data
+    template: DiTConfig  # model family and data dimensions; shape replaced per trial
+    train_urls: tuple[str, ...]
+    val_urls: tuple[str, ...]
+
+    @property
+    def study_spec(self) -> StudySpec:
+        return StudySpec.model_validate(self.spec)
+
+    def train_run_name(self, trial: TrialSpec) -> str:
+        return f"{self.study}-{self.study_run_id[:8]}-{trial.key}"
+
+
+def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict[str, str]]:
+    """The trial's training configuration and the MLflow params that describe it."""
+    spec = ctx.study_spec
+    t = spec.trainer
+    model = replace(ctx.template, shape=trial.shape)
+    p = plan(spec, ctx.template, trial)
+    cfg = TrainConfig(
+        model=model, steps=p.steps, batch_size=t.batch_size, train_urls=ctx.train_urls,
+        val_urls=ctx.val_urls if t.val_samples else (), lr=t.lr, warmup_steps=t.warmup_steps,
+        schedule=t.schedule, cooldown_fraction=t.cooldown_fraction, weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip, timestep_sampling=t.timestep_sampling, ema_alpha=t.ema_alpha,
+        report_every=t.report_every, checkpoint_every=t.checkpoint_every,
+        val_samples=t.val_samples, seed=spec.seed,
+        threads=max(1, math.floor(spec.resources.cpus_per_worker)))
+    params = {
+        "budget": f"{trial.budget:.6g}", "convention": spec.convention,
+        "params": p.params, "non_embedding_params": p.non_embedding_params,
+        "tokens": p.tokens, "samples": p.samples, "steps": p.steps, "batch_size": p.batch_size,
+        "compute_6nd": f"{p.compute_6nd:.6g}", "compute_exact": f"{p.compute_exact:.6g}",
+        "depth": trial.shape.depth, "width": trial.shape.width, "heads": trial.shape.heads,
+        "conditioning": model.conditioning, "patch_size": model.patch_size,
+        "image_size": model.image_size, "image_tokens": model.image_tokens,
+        "text_tokens": model.text_len, "lr": t.lr, "seed": spec.seed,
+        "workers": spec.resources.workers,
+    }
+    return cfg, {k: str(v) for k, v in params.items()}
+
+
+def _worker_loop(config: dict) -> None:
+    """Runs on every Train worker: train, report to Tune and (rank 0) to MLflow."""
+    cfg: TrainConfig = config["train"]
+    rank = ray.train.get_context().get_world_rank()
+    sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+
+    def report(metrics: dict[str, float], checkpoint_dir) -> None:
+        if sink is not None:
+            sink.log(metrics, step=int(metrics["step"]))
+        ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    try:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_dir:
+                final = train(cfg, report, resume_from=resume_dir)
+        else:
+            final = train(cfg, report)
+    finally:
+        if sink is not None:
+            sink.close()
+    if rank == 0:
+        status = "diverged" if final.get("diverged") else "finished"
+        tracking = Tracking(config["tracking_uri"])
+        tracking.set_tags(config["run_id"], {"dit.final_step": str(int(final["step"]))})
+        tracking.set_status(config["run_id"], status)
+
+
+def run_trial(config: dict, ctx: StudyContext) -> None:
+    """The Tune function trainable: one isoFLOP point, trained by a TorchTrainer."""
+    trial = TrialSpec.from_config(config)
+    spec = ctx.study_spec
+    cfg, params = train_config(ctx, trial)
+    tracking = Tracking(ctx.tracking_uri)
+    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, trial.key, params, trial.budget)
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        per_worker["GPU"] = res.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+                                     resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=ctx.train_run_name(trial), storage_path=ctx.storage_path,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res.max_failures, controller_failure_limit=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        tracking.set_status(run_id, "failed")
+        raise

@@ -1,0 +1,72 @@
+"""The fixed isoFLOP grid and the Searcher that serves it to Ray Tune."""
+
+import pytest
+
+from scaling.model import DiTConfig, ModelShape
+from search.grid import (
+    GridError,
+    GridSearcher,
+    TrialSpec,
+    budget_trials,
+    fixed_grid,
+    heuristic_params,
+)
+from search.spec import parse_spec
+
+TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_len=14)
+
+
+def spec(**overrides):
+    data = {"name": "g", "budgets": [1e11, 1e12], "trainer": {"batch_size": 16}}
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[section] = value
+    return parse_spec(data)
+
+
+def test_heuristic_centre():
+    assert heuristic_params(6e12, 20.0) == pytest.approx(2.2360679e5)
+
+
+def test_sizes_are_spaced_around_the_heuristic_and_distinct():
+    s = spec(model__sizes_per_budget=5, model__size_spacing=1.5, model__tokens_per_param=5.0)
+    trials = budget_trials(s, TEMPLATE, 1e12)
+    params = [t.params for t in trials]
+    assert params == sorted(params) and len(set(params)) == len(params) == 5
+    centre = heuristic_params(1e12, 5.0)
+    assert params[0] < centre < params[-1]
+    assert len({t.shape for t in trials}) == len(trials)
+
+
+def test_explicit_sizes_round_to_the_ladder_and_deduplicate():
+    s = spec(model__sizes=[5e4, 5.1e4, 2e5])
+    trials = budget_trials(s, TEMPLATE, 1e12)
+    assert len(trials) == 2  # 5e4 and 5.1e4 are one ladder entry
+
+
+def test_grid_refuses_a_budget_too_small_for_three_sizes():
+    s = spec(budgets=[1e6, 1e12])
+    with pytest.raises(GridError, match=r"budgets\[0\]: 1e\+06 FLOPs gives 0 distinct model sizes"):
+        fixed_grid(s, TEMPLATE)
+
+
+def test_trial_config_round_trip():
+    t = budget_trials(spec(), TEMPLATE, 1e12)[0]
+    assert TrialSpec.from_config(t.config()) == t
+    assert t.key.startswith("C1e12-d")
+
+
+def test_searcher_serves_in_order_then_finishes(tmp_path):
+    trials = fixed_grid(spec(), TEMPLATE)
+    searcher = GridSearcher(trials)
+    first = searcher.suggest("t1")
+    assert first["trial_key"] == trials[0].key
+    searcher.save(str(tmp_path / "state.pkl"))
+    restored = GridSearcher([])
+    restored.restore(str(tmp_path / "state.pkl"))
+    rest = [restored.suggest(f"t{i}") for i in range(2, len(trials) + 1)]
+    assert [c["trial_key"] for c in rest] == [t.key for t in trials[1:]]
+    assert restored.suggest("extra") == GridSearcher.FINISHED

@@ -1,0 +1,66 @@
+"""MLflow tracking on a real SQLite store: experiments, nested trial runs, buffered metrics."""
+
+import socket
+import warnings
+
+import pytest
+
+from search.tracking import KIND, PARENT, MetricSink, Tracking, TrackingError
+
+
+@pytest.fixture
+def tracking(tmp_path) -> Tracking:
+    return Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
+
+
+def test_study_and_trial_runs_nest_and_are_found_again(tracking, tmp_path):
+    study = tracking.start_study_run("s1", {"budgets": "[1e11]"})
+    exp = tracking.experiment_id("s1")
+    assert tracking.client.get_experiment(exp).artifact_location.startswith(
+        (tmp_path / "artifacts" / "s1").as_uri())
+    a = tracking.trial_run("s1", study, "C1e11-d1w16h1", {"params": "1000"}, 1e11)
+    again = tracking.trial_run("s1", study, "C1e11-d1w16h1", {"params": "1000"}, 1e11)
+    assert a == again  # a retried trial reuses its run: no duplicates
+    run = tracking.client.get_run(a)
+    assert run.data.tags[PARENT] == study and run.data.tags[KIND] == "trial"
+    tracking.log_metrics(a, {"loss": 0.5, "val_loss": 0.4}, step=10)
+    tracking.set_status(a, "finished")
+    (record,) = tracking.trial_records(study, exp)
+    assert record.status == "finished" and record.metrics == {"loss": 0.5, "val_loss": 0.4}
+    assert record.param("params", int) == 1000
+    assert tracking.latest_study_run("s1").info.run_id == study
+
+
+def test_unknown_study_names_the_store(tracking):
+    with pytest.raises(TrackingError, match=r"no study named 'nope' in MLflow at sqlite:///"):
+        tracking.experiment_id("nope")
+
+
+def test_sink_delivers_every_metric(tracking):
+    study = tracking.start_study_run("s2", {})
+    run = tracking.trial_run("s2", study, "k", {}, 1e11)
+    sink = MetricSink(tracking.uri, run, flush_every_s=0.05)
+    for step in range(1, 301):
+        sink.log({"loss": 1.0 / step, "loss_ema": 2.0 / step}, step)
+    assert sink.close(timeout=60) == 0
+    history = tracking.client.get_metric_history(run, "loss")
+    assert len(history) == 300 and sink.delivered == 600
+    assert [m.step for m in history] == list(range(1, 301))
+
+
+def test_sink_buffers_and_warns_when_the_server_is_unreachable(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sink = MetricSink(uri, "0" * 32, flush_every_s=0.05)
+        sink.log({"loss": 1.0}, 1)
+        left = sink.close(timeout=3)
+    assert left == 1 and sink.pending == 1
+    messages = [str(w.message) for w in caught]
+    assert any(uri in m and "buffered" in m for m in messages)
+    assert any("1 metrics" in m and "not delivered" in m for m in messages)
