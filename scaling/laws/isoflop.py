@@ -163,7 +163,8 @@ def fit_budget(
     edge = np.where(at_lo, lo, hi)
     inside = (d2 > 0) & (inner >= lo) & (inner <= hi)
     xm = np.where(inside, inner, edge)
-    log_loss = np.log10(d0 + d1 * xm + d2 * xm**2)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a draw with loss <= 0 becomes NaN
+        log_loss = np.log10(d0 + d1 * xm + d2 * xm**2)
     log_n = xm + xbar
     x_opt, loss_opt = vertex + xbar, c0 - c1**2 / (4 * c2)
     if x.size > 3:

@@ -74,7 +74,9 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray)
     if compute.size < 2:
         raise ValueError(f"a power law needs at least 2 budgets, got {compute.size}")
     x = np.log10(compute)
-    w = weights_from_sd(log_draws.std(0))
+    # A degenerate resample can leave a draw undefined (NaN, e.g. a parabola whose minimum loss is
+    # negative); it is dropped from the spread and from the intervals, not allowed to void the law.
+    w = weights_from_sd(np.nanstd(log_draws, 0))
     b0, b1 = _wls_line(x, log_y, w)
     d0, d1 = _wls_line(x, log_draws, w)
     draws = _round(np.stack([10**d0, d1], 1))
