@@ -1,6 +1,9 @@
 """`dit-scaling`: run isoFLOP studies and ask MLflow for the laws.
 
-    dit-scaling run SPEC                         run a study (embedded Ray, or RAY_ADDRESS)
+    dit-scaling run SPEC [--allocator fixed|adaptive]   run a study (embedded Ray, or RAY_ADDRESS)
+    dit-scaling plan SPEC [--surface S] [--repeats 20]  simulate the study in-process first
+    dit-scaling refine --study NAME [--budget C] [--tolerance 0.1]  tighten a finished study
+    dit-scaling resume --study NAME              continue a study whose driver stopped
     dit-scaling status --study NAME              trials done / running / failed, from MLflow
     dit-scaling laws --study NAME [--json]       the fitted laws, from MLflow
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
@@ -38,18 +41,90 @@ def _emit(args, data: dict, text: str) -> None:
     print(json.dumps(data, indent=1) if args.json else text)
 
 
+def _with_allocator(spec, kind: str | None):
+    """The spec with its allocator kind overridden (validated again)."""
+    from search.spec import parse_spec
+
+    if not kind:
+        return spec
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data.setdefault("allocator", {})["kind"] = kind
+    return parse_spec(data, f"{args_source(spec)} with --allocator {kind}")
+
+
+def args_source(spec) -> str:
+    return f"study {spec.name}"
+
+
 def cmd_run(args) -> int:
     from search.driver import run_study
 
-    spec = load_spec(args.spec)
+    spec = _with_allocator(load_spec(args.spec), args.allocator)
     outcome = run_study(spec)
+    _outcome(spec.name, outcome)
+    return 0 if outcome.figures else 1
+
+
+def _outcome(name: str, outcome) -> None:
     print()
     print(outcome.laws_text)
     for f in outcome.figures:
         print(f"figure: {f}")
-    print(f"study {spec.name}: {outcome.finished} trials finished, {outcome.failed} failed, "
+    print(f"study {name}: {outcome.finished} trials finished, {outcome.failed} failed, "
           f"{outcome.wall_seconds / 60:.1f} min; MLflow study run {outcome.study_run_id}")
+
+
+def cmd_refine(args) -> int:
+    from search.driver import refine_study
+
+    outcome = refine_study(args.study, args.tracking_uri, args.budget, args.tolerance)
+    _outcome(args.study, outcome)
     return 0 if outcome.figures else 1
+
+
+def cmd_resume(args) -> int:
+    from search.driver import resume_study
+
+    outcome = resume_study(args.study, args.tracking_uri)
+    _outcome(args.study, outcome)
+    return 0 if outcome.figures else 1
+
+
+def cmd_plan(args) -> int:
+    import warnings
+
+    from search.allocator import resolve_prior
+    from search.plan import plan_study, simulated_template
+    from search.results import load_laws
+
+    spec = load_spec(args.spec)
+    if args.repeats < 1 or args.concurrency < 1:
+        raise SpecError("plan: --repeats and --concurrency must be at least 1")
+    tracking = None
+
+    def study_law(name: str):
+        nonlocal tracking
+        from search.tracking import Tracking
+
+        tracking = tracking or Tracking(args.tracking_uri or spec.tracking_uri)
+        return load_laws(tracking, name)[0].n_opt
+
+    prior = resolve_prior(spec, study_law)
+    surface = args.surface or spec.trainer.surface
+    print(f"plan: simulating study {spec.name} {args.repeats} times per strategy on the {surface} "
+          f"surface; prior N_opt = {prior.coefficient:.3g} C^{prior.exponent:.4g} "
+          f"({prior.source})", flush=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN bootstrap draws are dropped
+        report = plan_study(spec, simulated_template(spec), prior, surface, args.repeats,
+                            args.concurrency, progress=lambda line: print(line, flush=True))
+    print()
+    if args.json:
+        print(json.dumps({"surface": surface, "truth": report.truth,
+                          **{s: report.summary(s) for s in report.runs}}, indent=1))
+    else:
+        print(report.text())
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -176,7 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a study from its spec")
     r.add_argument("spec", help="study spec (TOML)")
+    r.add_argument("--allocator", choices=["fixed", "adaptive"],
+                   help="override the spec's allocator.kind (fixed: the plain grid)")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="simulate a study in-process before spending any GPU")
+    pl.add_argument("spec", help="study spec (TOML)")
+    pl.add_argument("--surface", choices=["paper", "chinchilla", "asymmetric"],
+                    help="loss surface to simulate (default: the spec's trainer.surface)")
+    pl.add_argument("--repeats", type=int, default=20, help="simulated studies per strategy")
+    pl.add_argument("--concurrency", type=int, default=1, help="trials running at once")
+    pl.add_argument("--tracking-uri", default=None, help="MLflow, for prior = 'study:NAME'")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.set_defaults(func=cmd_plan)
+
+    rf = query("refine", "add trials to a finished study to tighten chosen optima")
+    rf.add_argument("--budget", type=float, action="append",
+                    help="a budget of the study to refine, FLOPs (repeatable; default all)")
+    rf.add_argument("--tolerance", type=float,
+                    help="relative half-width of the N_opt 95%% interval to reach (0.1 = ±10%%)")
+    rf.set_defaults(func=cmd_refine)
+
+    query("resume", "continue a study whose driver stopped").set_defaults(func=cmd_resume)
 
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
     query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
@@ -205,15 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from scaling.laws import LawFitError
-    from scaling.runs_table import RunsTableError
-    from search.tracking import TrackingError
-
     try:
         return args.func(args)
-    except (SpecError, RunsTableError, LawFitError, TrackingError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type, ...]:
+    """Errors that mean bad input, from the modules the command loaded (nothing is imported just
+    to catch its error: `laws` and `predict` stay free of Ray and torch)."""
+    names = {"search.spec": "SpecError", "scaling.runs_table": "RunsTableError",
+             "scaling.laws.fit": "LawFitError", "search.tracking": "TrackingError",
+             "search.driver": "ClusterError", "search.grid": "GridError"}
+    return tuple(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules)
 
 
 if __name__ == "__main__":

@@ -6,26 +6,36 @@ MLflow store, or on a cluster's head node when submitted as a Ray job.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import pickle
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
 from scaling.model import DiTConfig, ModelShape
-from search.grid import GridSearcher, fixed_grid
+from search.allocator import Prior, resolve_prior
+from search.grid import GridSearcher, TrialSpec, fixed_grid, plan, trial_config
+from search.plan import simulated_template
 from search.progress import StudyProgress
-from search.results import fit_and_log
-from search.spec import StudySpec, spec_to_toml_dict
-from search.tracking import Tracking
+from search.results import fit_and_log, load_laws
+from search.searcher import AllocatorSearcher
+from search.simulated import SimContext, report_metrics, run_simulated_trial
+from search.spec import SpecError, StudySpec, spec_to_toml_dict
+from search.tracking import KIND, Tracking, TrackingError
 from search.trial import StudyContext, run_trial
+from search.trial_log import SimulatedTrialLog, Usage, known_trial_runs
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -33,6 +43,11 @@ RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
 # Tune's own tables and banners would bury the one line per trial that StudyProgress prints.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 TRIAL_SLOT = "trial_slot"
+SIMULATED_SLOTS = 4  # concurrent simulated trials on an embedded cluster without a GPU rule
+DECISIONS_FILE = "allocator_decisions.json"
+SPEC_FILE = "spec.json"
+EXPERIMENT_TAG = "dit.tune_experiment"
+STORAGE_TAG = "dit.storage_path"
 
 
 class ClusterError(RuntimeError):
@@ -48,6 +63,8 @@ class StudyOutcome:
     figures: list[Path]
     startup_seconds: list[float]
     wall_seconds: float
+    usage: list[Usage] = field(default_factory=list)  # simulated trials: when GPUs were held
+    decisions: list[dict] = field(default_factory=list)  # the allocator's, in order
 
 
 def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
@@ -70,7 +87,11 @@ def model_template(spec: StudySpec, info: DatasetInfo) -> DiTConfig:
 
 
 def connect_ray(spec: StudySpec) -> None:
-    """Join the cluster named by RAY_ADDRESS (a submitted job), else start one on this machine."""
+    """Join the cluster named by RAY_ADDRESS (a submitted job), else start one on this machine.
+
+    The embedded cluster of a simulated study declares resources.simulated_gpus fake GPUs, and as
+    many trial slots as resources.max_concurrent_trials (default 4: simulated trials need no CPU).
+    """
     if ray.is_initialized():
         return
     runtime_env = {"env_vars": dict(RAY_ENV)}
@@ -82,11 +103,15 @@ def connect_ray(spec: StudySpec) -> None:
     # A single machine is never preempted: skip the watcher actor each trial would start.
     runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     cpus = os.cpu_count() or 1
-    per_trial = spec.resources.workers * spec.resources.cpus_per_worker
-    slots = max(1, math.floor(cpus / per_trial))
+    if spec.simulated:
+        slots = spec.resources.max_concurrent_trials or SIMULATED_SLOTS
+        extra = {"num_gpus": spec.resources.simulated_gpus} if spec.resources.simulated_gpus else {}
+    else:
+        per_trial = spec.resources.workers * spec.resources.cpus_per_worker
+        slots, extra = max(1, math.floor(cpus / per_trial)), {}
     ray.init(num_cpus=cpus, resources={TRIAL_SLOT: slots}, include_dashboard=False,
              # Each trial starts ~4 processes (trial, controller, workers); let them start together.
-             _system_config={"worker_maximum_startup_concurrency": 2 * cpus}, **kwargs)
+             _system_config={"worker_maximum_startup_concurrency": 2 * cpus}, **extra, **kwargs)
 
 
 def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int, dict]:
@@ -115,48 +140,304 @@ def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int
     return max(1, k), trial_resources
 
 
+def simulated_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int, object]:
+    """How many simulated trials run at once, and what each asks for: GPUs by the size rule, else
+    a trial slot (or a sliver of a CPU on a cluster without slots)."""
+    r = spec.resources
+    if r.gpus_per_trial:
+        have = resources.get("GPU", 0.0)
+        most = max(t.gpus for t in r.gpus_per_trial)
+        if most > have:
+            raise ClusterError(f"resources.gpus_per_trial asks up to {most} GPUs for one trial; "
+                               f"the cluster has {have:g} GPUs (set resources.simulated_gpus "
+                               "for a fake GPU cluster)")
+        k = math.floor(have / min(t.gpus for t in r.gpus_per_trial))
+        resources_of = gpu_request
+    elif TRIAL_SLOT in resources:
+        k, resources_of = int(resources[TRIAL_SLOT]), {"CPU": 0, TRIAL_SLOT: 1}
+    else:
+        k, resources_of = max(1, math.floor(resources.get("CPU", 1.0) / 0.01)), {"CPU": 0.01}
+    if r.max_concurrent_trials:
+        k = min(k, r.max_concurrent_trials)
+    return max(1, k), resources_of
+
+
+def gpu_request(config: dict) -> PlacementGroupFactory:
+    """A simulated trial's resources: the GPUs its size rule gives, no CPU."""
+    return PlacementGroupFactory([{"CPU": 0, "GPU": float(config["gpus"])}])
+
+
+def study_template(spec: StudySpec, out: Callable[[str], None]) -> tuple[DatasetInfo | None,
+                                                                        DiTConfig]:
+    """The dataset (None for a simulated study, which trains nothing) and the model family."""
+    if spec.simulated:
+        return None, simulated_template(spec)
+    info = prepare_data(spec, out)
+    return info, model_template(spec, info)
+
+
+def study_prior(spec: StudySpec, tracking: Tracking) -> Prior:
+    return resolve_prior(spec, study_law=lambda name: load_laws(tracking, name)[0].n_opt)
+
+
+def make_searcher(spec: StudySpec, template: DiTConfig, prior: Prior,
+                  out: Callable[[str], None]) -> tuple[Searcher, int | None]:
+    """The fixed grid (centred on the prior, unless that is the heuristic the grid uses anyway)
+    or the adaptive allocator; and the number of planned trials when known."""
+    if spec.allocator.kind == "adaptive":
+        return AllocatorSearcher(spec, template, prior, out), None
+    centre = None if spec.allocator.prior == "none" else prior
+    trials = fixed_grid(spec, template, centre)
+    return GridSearcher([trial_config(spec, template, t) for t in trials]), len(trials)
+
+
+def simulated_params(spec: StudySpec, template: DiTConfig) -> Callable[[dict], dict[str, str]]:
+    """MLflow params of a simulated trial: those of a real trial, plus the simulation's."""
+    def params_of(config: dict) -> dict[str, str]:
+        trial = TrialSpec.from_config(config)
+        p = plan(spec, template, trial)
+        model = replace(template, shape=trial.shape)
+        t, r = spec.trainer, spec.resources
+        return {k: str(v) for k, v in {
+            "budget": f"{trial.budget:.6g}", "convention": spec.convention, "params": p.params,
+            "non_embedding_params": p.non_embedding_params, "tokens": p.tokens,
+            "samples": p.samples, "steps": p.steps, "batch_size": p.batch_size,
+            "compute_6nd": f"{p.compute_6nd:.6g}", "compute_exact": f"{p.compute_exact:.6g}",
+            "depth": trial.shape.depth, "width": trial.shape.width, "heads": trial.shape.heads,
+            "conditioning": model.conditioning, "patch_size": model.patch_size,
+            "image_size": model.image_size, "image_tokens": model.image_tokens,
+            "text_tokens": model.text_len, "seed": spec.seed, "trainer": "simulated",
+            "surface": t.surface, "noise": t.noise, "gpus": config.get("gpus", 0),
+            "gpu_hours": f"{float(config['flops']) / (r.gpu_peak_flops * r.mfu) / 3600:.6g}",
+        }.items()}
+    return params_of
+
+
+@dataclass
+class StudyRun:
+    """What one execution (run, refine or resume) of a study's trials on Ray needs."""
+
+    spec: StudySpec
+    info: DatasetInfo | None
+    template: DiTConfig
+    tracking: Tracking
+    study_run_id: str
+    out: Callable[[str], None]
+
+    def trainable(self) -> tuple[object, int, list]:
+        """The Tune trainable with its resources, the concurrency, and extra callbacks."""
+        spec = self.spec
+        connect_ray(spec)
+        cluster = ray.cluster_resources()
+        if spec.simulated:
+            k, resources = simulated_concurrency(spec, cluster)
+            finished = frozenset(key for key, (_, _, status) in known_trial_runs(
+                self.tracking, spec.name, self.study_run_id).items() if status == "finished")
+            ctx = SimContext.from_spec(spec, finished=finished)
+            fn = tune.with_parameters(run_simulated_trial, ctx=ctx)
+            log = SimulatedTrialLog(spec.tracking_uri, spec.name, self.study_run_id,
+                                    simulated_params(spec, self.template))
+            return tune.with_resources(fn, resources), k, [log]
+        k, trial_resources = trial_concurrency(spec, cluster)
+        info = self.info
+        ctx = StudyContext(study=spec.name, study_run_id=self.study_run_id,
+                           tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
+                           spec=spec.model_dump(mode="json"), template=self.template,
+                           train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")))
+        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources), k, []
+
+    def execute(self, tuner_of: Callable[[object, int, list], tune.Tuner],
+                planned: int | None) -> tuple[StudyProgress, list[Usage], Path]:
+        """Build the Tuner (`tuner_of(trainable, k, callbacks)`), run it, reconcile MLflow."""
+        spec = self.spec
+        trainable, k, extra = self.trainable()
+        progress = StudyProgress(planned, spec.metric, self.out)
+        callbacks = [progress, *extra]
+        tuner = tuner_of(trainable, k, callbacks)
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        results = tuner.fit()
+        usage: list[Usage] = []
+        for cb in extra:
+            cb.close()
+            usage = cb.usage
+        if spec.simulated:  # trials Tune finished that the driver did not get to write
+            log = SimulatedTrialLog(spec.tracking_uri, spec.name, self.study_run_id,
+                                    simulated_params(spec, self.template))
+            ctx = SimContext.from_spec(spec)
+            done = []
+            for r in results:
+                if r.config and "trial_key" in r.config:
+                    run = ctx.run(r.config)
+                    history = [report_metrics(ctx, r.config, run, i) for i in range(len(run.steps))]
+                    done.append((r.config, history, "failed" if r.error else "finished"))
+            written = log.reconcile(done)
+            if written:
+                self.out(f"MLflow: wrote {written} trial runs the stopped driver had not written")
+        return progress, usage, Path(results.experiment_path)
+
+    def finish(self, progress: StudyProgress, experiment_path: Path, usage: list[Usage],
+               t0: float, previous_decisions: list[dict] | None = None) -> StudyOutcome:
+        """Log decisions and spec, fit and log the laws, close the study run."""
+        spec, tracking = self.spec, self.tracking
+        self.out(progress.startup_summary())
+        decisions = (previous_decisions or []) + searcher_decisions(experiment_path)
+        if decisions:
+            tracking.client.log_text(self.study_run_id, json.dumps(decisions, indent=1),
+                                     DECISIONS_FILE)
+        laws_text, figures = fit_and_log(tracking, spec, self.study_run_id, self.out)
+        startup = progress.startup_seconds()
+        if startup:
+            median = sorted(startup)[len(startup) // 2]
+            tracking.log_metrics(self.study_run_id, {"trial_startup_s_median": median})
+        tracking.set_status(self.study_run_id, "finished")
+        return StudyOutcome(self.study_run_id, progress.done, progress.failed, laws_text, figures,
+                            startup, time.monotonic() - t0, usage, decisions)
+
+
+def searcher_decisions(experiment_path: Path) -> list[dict]:
+    """The allocator's decisions from the searcher state Tune saved last (none for a grid)."""
+    files = sorted(experiment_path.glob(Searcher.CKPT_FILE_TMPL.format("*")))
+    if not files:
+        return []
+    with open(files[-1], "rb") as f:
+        state = pickle.load(f)
+    return list(state.get("allocator", {}).get("decisions", [])) if isinstance(state, dict) else []
+
+
+def _tuner(spec: StudySpec, name: str, searcher: Searcher):
+    def build(trainable, k: int, callbacks: list) -> tune.Tuner:
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=k, reuse_actors=spec.simulated),
+            run_config=tune.RunConfig(name=name, storage_path=spec.storage_path, verbose=0,
+                                      callbacks=callbacks,
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    return build
+
+
 def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> StudyOutcome:
     """Run every trial of the study on Ray, track it in MLflow and fit the laws."""
-    out = out or (lambda line: print(line, file=sys.stdout, flush=True))
+    out = out or _print
     t0 = time.monotonic()
-    info = prepare_data(spec, out)
-    template = model_template(spec, info)
-    trials = fixed_grid(spec, template)
-
+    info, template = study_template(spec, out)
     tracking = Tracking(spec.tracking_uri, spec.artifact_root)
+    prior = study_prior(spec, tracking)
+    searcher, planned = make_searcher(spec, template, prior, out)
+
     study_run_id = tracking.start_study_run(spec.name, _flat_params(spec_to_toml_dict(spec)))
-    connect_ray(spec)
-    k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
-    out(f"study {spec.name}: {len(trials)} trials over {len(spec.budgets)} budgets "
-        f"(C = {spec.convention}, a multiply-add = 2 FLOPs), {k} at a time")
+    name = f"{spec.name}-{study_run_id[:8]}"
+    tracking.client.log_text(study_run_id, spec.model_dump_json(indent=1), SPEC_FILE)
+    tracking.set_tags(study_run_id, {EXPERIMENT_TAG: name, STORAGE_TAG: spec.storage_path})
+    run = StudyRun(spec, info, template, tracking, study_run_id, out)
+    trials = f"{planned} trials" if planned is not None else "adaptive trials"
+    trainer = (f"simulated trainer (surface {spec.trainer.surface})" if spec.simulated
+               else "real training")
+    out(f"study {spec.name}: {trials} over {len(spec.budgets)} budgets (C = {spec.convention}, "
+        f"a multiply-add = 2 FLOPs), allocator {spec.allocator.kind}, {trainer}")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
+    if planned is not None:
+        tracking.set_tags(study_run_id, {"dit.planned_trials": str(planned)})
+    progress, usage, path = run.execute(_tuner(spec, name, searcher), planned)
+    return run.finish(progress, path, usage, t0)
 
-    ctx = StudyContext(study=spec.name, study_run_id=study_run_id, tracking_uri=spec.tracking_uri,
-                       storage_path=spec.storage_path, spec=spec.model_dump(mode="json"),
-                       template=template, train_urls=tuple(info.urls("train")),
-                       val_urls=tuple(info.urls("val")))
-    progress = StudyProgress(len(trials), spec.metric, out)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources),
-        tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
-                                    max_concurrent_trials=k),
-        run_config=tune.RunConfig(name=f"{spec.name}-{study_run_id[:8]}",
-                                  storage_path=spec.storage_path, verbose=0,
-                                  callbacks=[progress],
-                                  failure_config=tune.FailureConfig(max_failures=1)),
-    )
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    tuner.fit()
-    out(progress.startup_summary())
 
-    laws_text, figures = fit_and_log(tracking, spec, study_run_id, out)
-    startup = progress.startup_seconds()
-    if startup:
-        median = sorted(startup)[len(startup) // 2]
-        tracking.log_metrics(study_run_id, {"trial_startup_s_median": median})
-    tracking.set_status(study_run_id, "finished")
-    return StudyOutcome(study_run_id, progress.done, progress.failed, laws_text, figures, startup,
-                        time.monotonic() - t0)
+def load_study(tracking: Tracking, study: str) -> tuple[object, StudySpec]:
+    """The latest study run of a study and the spec it ran with (from MLflow)."""
+    run = tracking.latest_study_run(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            text = tracking.download_text(run.info.run_id, SPEC_FILE, Path(tmp))
+        except Exception as err:
+            raise TrackingError(f"study {study!r}: run {run.info.run_id} has no {SPEC_FILE} in "
+                                f"MLflow at {tracking.uri} (it was run before the spec was "
+                                f"logged): {err}") from err
+    return run, StudySpec.model_validate_json(text)
+
+
+def resume_study(study: str, tracking_uri: str,
+                 out: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Continue the latest run of a study whose driver stopped: `Tuner.restore` on its Tune
+    experiment (finished trials are not rerun; the searcher continues its saved plan), then the
+    MLflow runs the driver did not write and the laws."""
+    out = out or _print
+    t0 = time.monotonic()
+    tracking = Tracking(tracking_uri)
+    run, spec = load_study(tracking, study)
+    tags = run.data.tags
+    path = Path(tags.get(STORAGE_TAG, spec.storage_path)) / tags.get(
+        EXPERIMENT_TAG, f"{spec.name}-{run.info.run_id[:8]}")
+    if not tune.Tuner.can_restore(str(path)):
+        raise TrackingError(f"study {study!r}: no restorable Tune experiment at {path}")
+    info, template = study_template(spec, out)
+    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
+    study_run = StudyRun(spec, info, template, tracking, run.info.run_id, out)
+    out(f"study {spec.name}: resuming study run {run.info.run_id} from {path}")
+
+    def restore(trainable, k: int, callbacks: list) -> tune.Tuner:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+
+    planned = tags.get("dit.planned_trials")
+    progress, usage, exp_path = study_run.execute(restore, int(planned) if planned else None)
+    return study_run.finish(progress, exp_path, usage, t0)
+
+
+def refine_study(study: str, tracking_uri: str, budgets: list[float] | None = None,
+                 tolerance: float | None = None,
+                 out: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Add trials to a finished study to tighten chosen optima, reusing every finished trial:
+    the adaptive allocator starts from them, new trials nest under the same study run, and the
+    laws are refitted and logged again."""
+    out = out or _print
+    t0 = time.monotonic()
+    tracking = Tracking(tracking_uri)
+    run, spec = load_study(tracking, study)
+    run_id = run.info.run_id
+    chosen = [float(c) for c in budgets or []]
+    for c in chosen:
+        if not any(math.isclose(c, b, rel_tol=1e-6) for b in spec.budgets):
+            raise SpecError(f"--budget {c:g}: not a budget of study {study!r} (budgets "
+                            f"{', '.join(f'{b:g}' for b in spec.budgets)})")
+    chosen = [next(b for b in spec.budgets if math.isclose(c, b, rel_tol=1e-6)) for c in chosen]
+    update = {"kind": "adaptive", **({"tolerance": tolerance} if tolerance else {})}
+    spec = spec.model_copy(update={"allocator": spec.allocator.model_copy(update=update)})
+    info, template = study_template(spec, out)
+    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
+    records = tracking.trial_records(run_id, run.info.experiment_id)
+    shapes = [ModelShape(int(r.params["depth"]), int(r.params["width"]), int(r.params["heads"]))
+              for r in records]
+    searcher = AllocatorSearcher(spec, template, study_prior(spec, tracking), out, shapes)
+    cat = searcher.allocator.catalogue
+    seeded = [(float(r.params["budget"]), cat.shapes.index(shape), r.metrics.get(spec.metric)
+               if r.status == "finished" else None) for r, shape in zip(records, shapes,
+                                                                       strict=True)]
+    searcher.allocator.seed(seeded)
+    out(f"study {spec.name}: refining study run {run_id} from {len(records)} trials "
+        f"({sum(r.status == 'finished' for r in records)} finished), tolerance "
+        f"±{searcher.allocator.a.tolerance:.0%}")
+    searcher.allocator.reopen(chosen, tolerance)
+    previous = _previous_decisions(tracking, run_id)
+    n = len(tracking.client.search_runs([run.info.experiment_id],
+                                        f"tags.`{KIND}` = 'study'")) + len(previous)
+    name = f"{spec.name}-{run_id[:8]}-refine-{n}-{int(time.time())}"
+    study_run = StudyRun(spec, info, template, tracking, run_id, out)
+    tracking.set_tags(run_id, {"dit.status": "running"})
+    progress, usage, path = study_run.execute(_tuner(spec, name, searcher), None)
+    return study_run.finish(progress, path, usage, t0, previous)
+
+
+def _previous_decisions(tracking: Tracking, run_id: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return json.loads(tracking.download_text(run_id, DECISIONS_FILE, Path(tmp)))
+        except Exception:
+            return []
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 def _flat_params(data: dict, prefix: str = "") -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ray.tune.search import Searcher
@@ -60,13 +61,27 @@ def plan(spec: StudySpec, template: DiTConfig, trial: TrialSpec) -> TrialPlan:
     return plan_trial(cfg, trial.budget, spec.trainer.batch_size, spec.convention)
 
 
-def budget_trials(spec: StudySpec, template: DiTConfig, budget: float) -> list[TrialSpec]:
-    """The distinct ladder sizes one budget trains, smallest first."""
+def trial_config(spec: StudySpec, template: DiTConfig, trial: TrialSpec) -> dict:
+    """The trial's Tune config: its shape, and for simulated trials what they need to run without
+    the model code: tokens D, steps, FLOPs in the study's convention and GPUs by the size rule."""
+    config = trial.config()
+    if spec.simulated:
+        p = plan(spec, template, trial)
+        config.update(tokens=p.tokens, steps=p.steps,
+                      flops=p.compute_6nd if spec.convention == "6ND" else p.compute_exact,
+                      gpus=spec.resources.gpus_for(trial.params))
+    return config
+
+
+def budget_trials(spec: StudySpec, template: DiTConfig, budget: float,
+                  centre: float | None = None) -> list[TrialSpec]:
+    """The distinct ladder sizes one budget trains, smallest first, spaced around `centre`
+    (parameters; default the 6ND heuristic with model.tokens_per_param)."""
     m = spec.model
     if m.sizes:
         targets = list(m.sizes)
     else:
-        centre = heuristic_params(budget, m.tokens_per_param)
+        centre = centre or heuristic_params(budget, m.tokens_per_param)
         k = m.sizes_per_budget
         targets = [centre * m.size_spacing ** (i - (k - 1) / 2) for i in range(k)]
     targets = [min(max(t, m.min_params), m.max_params) for t in targets]
@@ -77,11 +92,14 @@ def budget_trials(spec: StudySpec, template: DiTConfig, budget: float) -> list[T
     return sorted(seen.values(), key=lambda t: t.params)
 
 
-def fixed_grid(spec: StudySpec, template: DiTConfig) -> list[TrialSpec]:
-    """All trials of the study; refuses budgets whose grid cannot locate an optimum."""
+def fixed_grid(spec: StudySpec, template: DiTConfig,
+               centre: Callable[[float], float] | None = None) -> list[TrialSpec]:
+    """All trials of the study; refuses budgets whose grid cannot locate an optimum.
+    `centre(budget)` gives each budget's grid centre in parameters (default: the heuristic)."""
     trials, problems = [], []
     for i, budget in enumerate(spec.budgets):
-        usable = [t for t in budget_trials(spec, template, budget)
+        middle = centre(budget) if centre else None
+        usable = [t for t in budget_trials(spec, template, budget, middle)
                   if plan(spec, template, t).steps >= MIN_STEPS]
         if len(usable) < 3:
             problems.append(f"budgets[{i}]: {budget:g} FLOPs gives {len(usable)} distinct model "
@@ -95,11 +113,13 @@ def fixed_grid(spec: StudySpec, template: DiTConfig) -> list[TrialSpec]:
 
 
 class GridSearcher(Searcher):
-    """Serves a fixed list of trials to Ray Tune, in order; resumable through save/restore."""
+    """Serves a fixed list of trials to Ray Tune, in order; resumable through save/restore.
+    `trials` are TrialSpecs or ready Tune configs (see `trial_config`)."""
 
-    def __init__(self, trials: list[TrialSpec], metric: str = "loss", mode: str = "min"):
+    def __init__(self, trials: list[TrialSpec] | list[dict], metric: str = "loss",
+                 mode: str = "min"):
         super().__init__(metric=metric, mode=mode)
-        self.configs = [t.config() for t in trials]
+        self.configs = [t if isinstance(t, dict) else t.config() for t in trials]
         self.next_index = 0
         self.issued: dict[str, str] = {}  # Tune trial id -> trial key
 

@@ -78,9 +78,21 @@ class DataSpec(_Frozen):
 
 
 class TrainerSpec(_Frozen):
-    """Optimisation settings shared by every trial of the study."""
+    """Optimisation settings shared by every trial of the study.
 
-    kind: Literal["real"] = "real"
+    kind = "simulated" trains nothing: each trial's losses come from the parametric surface
+    L(N, D) = E + A / N^alpha + B / D^beta named by `surface` (scaling/surface.py), with seeded
+    multiplicative noise of relative size `noise`, reported at `reports` points over its steps.
+    Its simulated GPU time is its FLOPs / (GPUs x resources.gpu_peak_flops x resources.mfu);
+    `time_scale` > 0 makes the trial hold its resources for that time x time_scale of wall time
+    (so a scheduling test sees trials of realistic relative lengths); 0: no waiting at all.
+    """
+
+    kind: Literal["real", "simulated"] = "real"
+    surface: Literal["paper", "chinchilla", "asymmetric"] = "paper"  # simulated trials only
+    noise: float = Field(0.005, ge=0, le=0.2)  # relative sd of simulated losses (seed spread)
+    reports: int = Field(10, ge=1, le=1000)  # simulated reports per trial, evenly over its steps
+    time_scale: float = Field(0.0, ge=0)  # wall seconds per simulated trial second; 0: none
     batch_size: int = Field(64, ge=1)  # global batch in samples
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)
@@ -95,14 +107,93 @@ class TrainerSpec(_Frozen):
     val_samples: int = Field(512, ge=0)  # held-out samples for the final validation loss
 
 
+class GpuTier(_Frozen):
+    """Trials of models up to `max_params` parameters get `gpus` GPUs (no bound: the rest)."""
+
+    max_params: Params | None = None
+    gpus: int = Field(ge=1)
+
+
 class ResourcesSpec(_Frozen):
-    """What one trial asks of the cluster; concurrency follows from it and the cluster."""
+    """What one trial asks of the cluster; concurrency follows from it and the cluster.
+
+    `gpus_per_trial` is the rule by model size for simulated trials, smallest tier first, e.g.
+    [{max_params = 5e7, gpus = 1}, {max_params = 3e8, gpus = 4}, {gpus = 8}]; `simulated_gpus`
+    declares that many (fake) GPUs on the embedded Ray cluster, so such a study can be scheduled
+    on one machine. GPU throughput (`gpu_peak_flops` x `mfu`, FLOPs per second per GPU; default
+    an H100 SXM's dense bf16 peak at 40% MFU) turns trial FLOPs into GPU-hours for plans and
+    simulated trials.
+    """
 
     workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as the cluster fits
     max_failures: int = Field(1, ge=0)  # worker-group restarts from the last checkpoint
+    gpus_per_trial: list[GpuTier] | None = None  # simulated trials: GPUs by model size
+    simulated_gpus: int = Field(0, ge=0)  # fake GPUs declared by the embedded Ray cluster
+    gpu_peak_flops: Annotated[float, _positive("FLOPs per second")] = 989e12
+    mfu: float = Field(0.4, gt=0, le=1)  # model FLOPs utilisation
+
+    @model_validator(mode="after")
+    def _tiers(self) -> ResourcesSpec:
+        tiers = self.gpus_per_trial
+        if tiers is None:
+            return self
+        if not tiers:
+            raise ValueError("gpus_per_trial is empty; give at least one {gpus = k} tier")
+        bounds = [t.max_params for t in tiers]
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("gpus_per_trial: only the last tier may leave out max_params")
+        given = [b for b in bounds if b is not None]
+        if given != sorted(given) or len(set(given)) != len(given):
+            raise ValueError(f"gpus_per_trial: max_params {_value(given)} must increase from "
+                             "tier to tier")
+        return self
+
+    def gpus_for(self, params: float) -> int:
+        """GPUs one simulated trial of `params` parameters asks for (0 without a rule)."""
+        for tier in self.gpus_per_trial or ():
+            if tier.max_params is None or params <= tier.max_params:
+                return tier.gpus
+        return 0
+
+
+class AllocatorSpec(_Frozen):
+    """Which trials run: the plain grid of [model] (`fixed`) or the adaptive allocator.
+
+    The adaptive allocator starts each budget with `initial_sizes` sizes spaced x`spacing` in N
+    around a prior N_opt (`prior`: "none" = the 6ND heuristic with model.tokens_per_param,
+    "paper", "study:NAME" = a fitted study in MLflow, "explicit" = prior_coefficient *
+    C^prior_exponent), refines each budget until its N_opt 95% interval is within +-`tolerance`
+    (relative) or `max_trials_per_budget` is reached, and honours `max_trials` and `max_flops`
+    (FLOPs, sum of trial budgets) over the study; 0 means no cap. With `exponent_tolerance` > 0
+    the study also stops once the N_opt exponent's 95% interval is within +- that (absolute).
+    The fixed grid is centred on the same prior when one other than "none" is given.
+    """
+
+    kind: Literal["fixed", "adaptive"] = "fixed"
+    initial_sizes: int = Field(3, ge=3, le=15)
+    spacing: float = Field(2.0, gt=1.0, le=10.0)
+    tolerance: float = Field(0.15, gt=0, lt=1)
+    max_trials_per_budget: int = Field(12, ge=3)
+    max_trials: int = Field(0, ge=0)
+    max_flops: float = Field(0.0, ge=0)
+    exponent_tolerance: float = Field(0.0, ge=0, lt=1)
+    prior: str = Field("none", pattern=r"^(none|paper|explicit|study:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
+    prior_coefficient: Annotated[float, _positive("parameters per FLOP^exponent")] | None = None
+    prior_exponent: float | None = Field(None, gt=0, lt=1.5)
+
+    @model_validator(mode="after")
+    def _explicit(self) -> AllocatorSpec:
+        explicit = (self.prior_coefficient, self.prior_exponent)
+        if self.prior == "explicit" and None in explicit:
+            raise ValueError("prior = 'explicit' needs prior_coefficient and prior_exponent "
+                             "(N_opt = coefficient * C^exponent, C in FLOPs)")
+        if self.prior != "explicit" and explicit != (None, None):
+            raise ValueError(f"prior_coefficient/prior_exponent are only read with prior = "
+                             f"'explicit' (prior is {self.prior!r})")
+        return self
 
 
 class TrackingSpec(_Frozen):
@@ -129,6 +220,7 @@ class StudySpec(_Frozen):
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
+    allocator: AllocatorSpec = AllocatorSpec()
 
     @model_validator(mode="after")
     def _distinct_budgets(self) -> StudySpec:
@@ -137,7 +229,19 @@ class StudySpec(_Frozen):
                              "isoFLOP curve")
         if self.metric == "val_loss" and self.trainer.val_samples == 0:
             raise ValueError("metric = 'val_loss' needs trainer.val_samples > 0")
+        simulated = self.trainer.kind == "simulated"
+        if not simulated and (self.resources.gpus_per_trial or self.resources.simulated_gpus):
+            raise ValueError("resources.gpus_per_trial and resources.simulated_gpus are for "
+                             "trainer.kind = 'simulated'; real trials ask for workers x "
+                             "gpus_per_worker")
+        if self.allocator.kind == "adaptive" and self.model.sizes:
+            raise ValueError("allocator.kind = 'adaptive' chooses the sizes itself; remove "
+                             "model.sizes or use allocator.kind = 'fixed'")
         return self
+
+    @property
+    def simulated(self) -> bool:
+        return self.trainer.kind == "simulated"
 
     # Resolved locations (absolute), so Ray workers in other directories agree on them.
     @property
@@ -171,7 +275,7 @@ def _loc(loc: tuple) -> str:
 
 def _value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:g}".replace("e+", "e")
+        return f"{value:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
     if isinstance(value, dict):
         return "{...}"
     if isinstance(value, list):

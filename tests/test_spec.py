@@ -61,3 +61,46 @@ def test_unreadable_files(tmp_path):
     bad.write_text("name = 'x\n")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"allocator": {"kind": "greedy"}}, "allocator.kind: 'greedy' is not allowed"),
+        ({"allocator": {"tolerance": 0}}, "allocator.tolerance: 0 is not allowed"),
+        ({"allocator": {"prior": "explicit"}}, "prior = 'explicit' needs prior_coefficient"),
+        ({"allocator": {"prior": "paper", "prior_exponent": 0.5}}, "only read with prior"),
+        ({"allocator": {"prior": "study:"}}, "allocator.prior: 'study:' is not allowed"),
+        ({"allocator": {"kind": "adaptive"}, "model": {"sizes": [1e5, 2e5, 4e5]}},
+         "remove model.sizes"),
+        ({"trainer": {"kind": "simulated", "surface": "flat"}},
+         "trainer.surface: 'flat' is not allowed"),
+        ({"trainer": {"kind": "simulated", "noise": -0.1}}, "trainer.noise: -0.1 is not allowed"),
+        ({"resources": {"gpus_per_trial": [{"gpus": 1}]}}, "are for trainer.kind = 'simulated'"),
+        ({"trainer": {"kind": "simulated"},
+          "resources": {"gpus_per_trial": [{"max_params": 1e8, "gpus": 2},
+                                           {"max_params": 1e7, "gpus": 4}]}},
+         "gpus_per_trial: max_params [1e8, 1e7] must increase"),
+        ({"trainer": {"kind": "simulated"},
+          "resources": {"gpus_per_trial": [{"gpus": 2}, {"max_params": 1e7, "gpus": 4}]}},
+         "only the last tier may leave out max_params"),
+        ({"trainer": {"kind": "simulated"},
+          "resources": {"gpus_per_trial": [{"max_params": 1e7, "gpus": 0}]}},
+         "resources.gpus_per_trial[0].gpus: 0 is not allowed"),
+        ({"resources": {"mfu": 1.5}}, "resources.mfu: 1.5 is not allowed"),
+    ],
+)
+def test_allocator_simulation_and_gpu_rule_fields_are_validated(extra, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "s", "budgets": [1e11, 2e11], **extra}, "bad.toml")
+    assert expected in str(err.value)
+
+
+def test_gpu_rule_picks_the_first_tier_that_fits():
+    spec = parse_spec({"name": "s", "budgets": [1e17, 1e18], "trainer": {"kind": "simulated"},
+                       "resources": {"gpus_per_trial": [{"max_params": 5e7, "gpus": 1},
+                                                        {"max_params": 3e8, "gpus": 4},
+                                                        {"gpus": 8}]}})
+    r = spec.resources
+    assert [r.gpus_for(n) for n in (1e6, 5e7, 6e7, 3e8, 2e9)] == [1, 1, 4, 4, 8]
+    assert spec.simulated and spec.allocator.kind == "fixed"

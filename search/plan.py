@@ -1,0 +1,251 @@
+"""`dit-scaling plan`: simulate a study in-process before any GPU is spent.
+
+Each repeat runs the study's allocator (the same `Allocator` class the Ray searcher drives) or
+its fixed grid against a simulated trainer (`scaling.simulate`, the same function the Ray
+trainable calls) on a virtual clock with `concurrency` trial slots, then fits the laws as the
+service would. Repeats differ in the study seed, so in the noise of every simulated loss and in
+the bootstrap. Units: FLOPs (multiply-add = 2 FLOPs), GPU-hours at the spec's peak x MFU.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
+from scaling.laws.result import text_columns
+from scaling.model import DiTConfig, ModelShape
+from scaling.runs_table import RunPoint
+from scaling.surface import SURFACES, LossSurface
+from search.allocator import FINISHED, Allocator, Decision, Prior, SizeCatalogue
+from search.grid import TrialSpec, fixed_grid, trial_config
+from search.simulated import SimContext
+from search.spec import StudySpec
+
+EXPONENTS = (("n_opt", "N_opt exponent a"), ("d_opt", "D_opt exponent b"),
+             ("loss", "loss exponent"))
+
+
+def simulated_template(spec: StudySpec) -> DiTConfig:
+    """The model family of a study that trains nothing: dimensions from the spec alone (RGB
+    images of data.image_size pixels, the built-in text encoder's 384-wide, 16-token features)."""
+    return DiTConfig(shape=ModelShape(1, 16, 1), conditioning=spec.model.conditioning,
+                     image_size=spec.data.image_size, in_channels=3,
+                     patch_size=spec.model.patch_size, text_dim=384, text_len=16,
+                     mlp_ratio=spec.model.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class SimTrial:
+    """One simulated trial: budget and FLOPs (FLOPs), params N, tokens D, loss, GPUs and its
+    virtual start and end (seconds)."""
+
+    key: str
+    budget: float
+    params: int
+    tokens: int
+    flops: float
+    loss: float
+    gpus: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class StudySimulation:
+    """One simulated study: its trials, what they cost and the laws fitted on them."""
+
+    strategy: str  # "adaptive" or "fixed"
+    trials: list[SimTrial]
+    gpu_flops: float  # FLOPs per second per GPU
+    fit: LawFit | None
+    fit_error: str | None
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def flops(self) -> float:
+        return sum(t.flops for t in self.trials)
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.flops / self.gpu_flops / 3600
+
+    def exponent(self, law: str) -> tuple[float, float, float] | None:
+        """(value, lo, hi) of a law's exponent, None when the laws were not fitted."""
+        if self.fit is None or (x := self.fit.law(law)) is None or x.exponent_ci is None:
+            return None
+        return (x.exponent, *x.exponent_ci)
+
+
+def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy: str,
+                   surface: LossSurface, concurrency: int = 1,
+                   catalogue: SizeCatalogue | None = None,
+                   out: Callable[[str], None] | None = None, fit: bool = True,
+                   draws: int = 1000) -> StudySimulation:
+    """Run the study's trials against `surface` on a virtual clock with `concurrency` slots."""
+    ctx = SimContext(surface, spec.trainer.noise, 1, spec.seed, 0.0,
+                     spec.resources.gpu_peak_flops * spec.resources.mfu)
+    sim_spec = spec if spec.simulated else spec.model_copy(
+        update={"trainer": spec.trainer.model_copy(update={"kind": "simulated"})})
+    allocator = None
+    if strategy == "adaptive":
+        allocator = Allocator(sim_spec, catalogue or SizeCatalogue(sim_spec, template), prior,
+                              out)
+        pending: list[TrialSpec] = []
+    else:
+        pending = fixed_grid(sim_spec, template, centre=None if prior.source.startswith("6ND")
+                             else prior)
+    clock, seq = 0.0, 0
+    running: list[tuple[float, int, dict, float]] = []
+    trials: list[SimTrial] = []
+    while True:
+        while len(running) < concurrency:
+            if allocator is None:
+                if not pending:
+                    break
+                trial = pending.pop(0)
+            else:
+                point = allocator.suggest()
+                if point is None or point == FINISHED:
+                    break
+                budget, _ = allocator.trial_of(point.key)
+                trial = TrialSpec(budget, allocator.catalogue.shapes[point.index], point.params)
+            config = trial_config(sim_spec, template, trial)
+            run = ctx.run(config)
+            loss = run.val_loss if spec.metric == "val_loss" else run.final_loss
+            seq += 1
+            heapq.heappush(running, (clock + ctx.trial_seconds(config), seq, config, loss))
+            trials.append(SimTrial(config["trial_key"], trial.budget, trial.params,
+                                   int(config["tokens"]), float(config["flops"]), loss,
+                                   int(config["gpus"]), clock, clock + ctx.trial_seconds(config)))
+        if not running:
+            break
+        clock, _, config, loss = heapq.heappop(running)
+        if allocator is not None:
+            allocator.complete(config["trial_key"], loss)
+    law, error = None, None
+    if fit:
+        points = [RunPoint(compute=t.budget, params=t.params, loss=t.loss, tokens=t.tokens,
+                           budget=t.budget, trial=t.key) for t in trials]
+        try:
+            law = fit_laws(points, FitOptions(convention=spec.convention, seed=spec.seed,
+                                              draws=draws, approach3=False))
+        except (LawFitError, ValueError) as err:
+            error = str(err)
+    return StudySimulation(strategy, trials, ctx.gpu_flops, law, error,
+                           list(allocator.decisions) if allocator else [])
+
+
+def true_exponents(surface: LossSurface, budgets: list[float]) -> dict[str, float]:
+    """The surface's N_opt and D_opt exponents, and the slope of its optimal loss over the
+    budgets in log-log (a pure power law only approximates the saturating loss)."""
+    ex = surface.exponents()
+    c = np.array(sorted(budgets), dtype=float)
+    loss = [surface.optimum(x).loss for x in c]
+    slope = float(np.polyfit(np.log10(c), np.log10(loss), 1)[0]) if c.size > 1 else float("nan")
+    return {"n_opt": ex.a, "d_opt": ex.b, "loss": slope}
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Repeated simulations of one study under both strategies."""
+
+    spec: StudySpec
+    surface: str
+    concurrency: int
+    runs: dict[str, list[StudySimulation]]
+    truth: dict[str, float]
+
+    def summary(self, strategy: str) -> dict:
+        sims = self.runs[strategy]
+        out = {"strategy": strategy, "repeats": len(sims),
+               "trials_median": statistics.median(len(s.trials) for s in sims),
+               "trials_range": [min(len(s.trials) for s in sims),
+                                max(len(s.trials) for s in sims)],
+               "flops_median": statistics.median(s.flops for s in sims),
+               "gpu_hours_median": statistics.median(s.gpu_hours for s in sims),
+               "fitted": sum(s.fit is not None for s in sims)}
+        for law, _ in EXPONENTS:
+            got = [e for s in sims if (e := s.exponent(law)) is not None]
+            if not got:
+                continue
+            truth = self.truth[law]
+            out[law] = {"median": statistics.median(e[0] for e in got),
+                        "lo_median": statistics.median(e[1] for e in got),
+                        "hi_median": statistics.median(e[2] for e in got),
+                        "half_width_median": statistics.median((e[2] - e[1]) / 2 for e in got),
+                        "covers_truth": sum(e[1] <= truth <= e[2] for e in got) / len(got),
+                        "truth": truth}
+        return out
+
+    def text(self) -> str:
+        s = self.spec
+        r = s.resources
+        head = [f"plan for study {s.name}: {len(s.budgets)} budgets "
+                f"{', '.join(f'{b:.3g}' for b in sorted(s.budgets))} FLOPs "
+                f"(C = {s.convention}, a multiply-add = 2 FLOPs)",
+                f"simulated trainer: surface {self.surface}, noise {s.trainer.noise:.2%} of loss, "
+                f"{len(next(iter(self.runs.values())))} repeats, {self.concurrency} trials at a "
+                f"time; GPU-hours at {r.gpu_peak_flops:.3g} FLOP/s x MFU {r.mfu:g} per GPU",
+                f"adaptive: {s.allocator.initial_sizes} initial sizes x{s.allocator.spacing:g}, "
+                f"tolerance +-{s.allocator.tolerance:.0%}, per-budget cap "
+                f"{s.allocator.max_trials_per_budget}; fixed grid: {s.model.sizes_per_budget} "
+                f"sizes x{s.model.size_spacing:g} around the same prior"]
+        names = list(self.runs)
+        sums = {n: self.summary(n) for n in names}
+        rows = [("", *[{"adaptive": "adaptive allocator", "fixed": "fixed grid"}[n]
+                       for n in names])]
+        rows.append(("trials (median, range)", *[
+            f"{sums[n]['trials_median']:g} ({sums[n]['trials_range'][0]}-"
+            f"{sums[n]['trials_range'][1]})" for n in names]))
+        rows.append(("total FLOPs (median)", *[f"{sums[n]['flops_median']:.3g}" for n in names]))
+        rows.append(("GPU-hours (median)", *[f"{sums[n]['gpu_hours_median']:.4g}"
+                                             for n in names]))
+        rows.append(("laws fitted", *[f"{sums[n]['fitted']}/{sums[n]['repeats']}"
+                                      for n in names]))
+        for law, label in EXPONENTS:
+            truth = self.truth[law]
+            rows.append((f"{label} (true {truth:.4f})", *[
+                f"{sums[n][law]['median']:.4f} [{sums[n][law]['lo_median']:.4f}, "
+                f"{sums[n][law]['hi_median']:.4f}]" if law in sums[n] else "-" for n in names]))
+            rows.append(("  95% half-width, covers truth", *[
+                f"+-{sums[n][law]['half_width_median']:.4f}, "
+                f"{sums[n][law]['covers_truth']:.0%}" if law in sums[n] else "-"
+                for n in names]))
+        note = ("exponent intervals: the median lower and upper 95% bounds over the repeats; "
+                "'covers truth' is the share of repeats whose interval holds the surface's value")
+        return "\n".join([*head, text_columns(rows), note])
+
+
+def plan_study(spec: StudySpec, template: DiTConfig, prior: Prior, surface: str,
+               repeats: int, concurrency: int = 1,
+               progress: Callable[[str], None] | None = None,
+               strategies: tuple[str, ...] = ("adaptive", "fixed")) -> PlanReport:
+    """Simulate the study `repeats` times per strategy (seeds spec.seed, spec.seed + 1, ...)."""
+    surf = SURFACES[surface]
+    sim_spec = spec if spec.simulated else spec.model_copy(
+        update={"trainer": spec.trainer.model_copy(update={"kind": "simulated"})})
+    catalogue = SizeCatalogue(sim_spec, template)
+    runs: dict[str, list[StudySimulation]] = {s: [] for s in strategies}
+    for strategy in strategies:
+        for i in range(repeats):
+            seeded = spec.model_copy(update={"seed": spec.seed + i})
+            sim = simulate_study(seeded, template, prior, strategy, surf, concurrency,
+                                 catalogue)
+            runs[strategy].append(sim)
+            if progress:
+                e = sim.exponent("n_opt")
+                law = (f"a = {e[0]:.4f} [{e[1]:.4f}, {e[2]:.4f}]" if e
+                       else f"laws not fitted ({sim.fit_error})")
+                progress(f"[{strategy} {i + 1}/{repeats}] {len(sim.trials)} trials, "
+                         f"{sim.flops:.3g} FLOPs, {sim.gpu_hours:.4g} GPU-hours, {law}")
+    return PlanReport(spec, surface, concurrency, runs, true_exponents(surf, spec.budgets))
+
+
+def isclose_budget(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6)

@@ -1,0 +1,217 @@
+"""The adaptive allocator's decisions on hand-made result sequences, its caps, and its state."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from search.allocator import (
+    FINISHED,
+    Allocator,
+    Prior,
+    SizeCatalogue,
+    half_width,
+    heuristic_prior,
+    resolve_prior,
+)
+from search.plan import simulated_template
+from search.spec import parse_spec
+
+PRIOR = Prior(1e-3, 0.55, "test prior")
+
+
+def make_spec(**allocator):
+    return parse_spec({"name": "a", "budgets": [1e17, 1e18], "seed": 3,
+                       "trainer": {"kind": "simulated", "batch_size": 256},
+                       "allocator": {"kind": "adaptive", **allocator}})
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    spec = make_spec()
+    return SizeCatalogue(spec, simulated_template(spec))
+
+
+def allocator(catalogue, lines=None, **settings) -> Allocator:
+    spec = make_spec(**settings)
+    return Allocator(spec, catalogue, PRIOR, None if lines is None else lines.append)
+
+
+def issue_all(a: Allocator) -> list:
+    """Everything the allocator will start now (until it waits or finishes)."""
+    out = []
+    while True:
+        p = a.suggest()
+        if p is None or p == FINISHED:
+            return out
+        out.append(p)
+
+
+def loss_at(n: float, n_opt: float, curvature: float = 0.05) -> float:
+    """A clean parabola in ln N with its minimum at n_opt."""
+    return 1.0 + curvature * math.log(n / n_opt) ** 2
+
+
+def test_first_budget_opens_around_the_prior_with_spaced_distinct_sizes(catalogue):
+    lines = []
+    a = allocator(catalogue, lines, max_trials_per_budget=6)
+    first = [a.suggest() for _ in range(3)]
+    params = sorted(p.params for p in first)
+    centre = PRIOR(1e17)
+    assert params[0] < centre < params[-1]
+    ratios = np.diff(np.log(params))
+    assert np.allclose(ratios, math.log(2.0), atol=0.25)  # x2 apart up to the ladder's rounding
+    assert len({p.key for p in first}) == 3
+    assert lines[0].startswith("1e17: starting with") and "test prior" in lines[0]
+    # With its round still out and nothing queued, the free slot opens the next budget.
+    nxt = a.suggest()
+    assert a.trial_of(nxt.key)[0] == 1e18
+
+
+def test_an_edge_minimum_extends_outward(catalogue):
+    lines = []
+    a = allocator(catalogue, lines)
+    first = [a.suggest() for _ in range(3)]
+    n_max = max(p.params for p in first)
+    for p in first:  # losses fall all the way to the largest size: the minimum is beyond it
+        a.complete(p.key, loss_at(p.params, 20 * n_max))
+    decision = a.decisions[-1]
+    assert decision.action == "extend" and decision.budget == 1e17
+    assert len(decision.sizes) == 1 and decision.sizes[0] > n_max
+    assert "beyond the upper edge" in lines[-1] and "adding" in lines[-1]
+    nxt = a.suggest()
+    assert nxt.params == decision.sizes[0]
+
+
+def test_an_interior_minimum_refines_inward_on_both_sides(catalogue):
+    lines = []
+    a = allocator(catalogue, lines, spacing=3.0, tolerance=0.01)
+    first = [a.suggest() for _ in range(3)]
+    params = sorted(p.params for p in first)
+    n_opt = params[1] * 1.1
+    noise = iter([1.002, 0.997, 1.003])
+    for p in first:
+        a.complete(p.key, loss_at(p.params, n_opt) * next(noise))
+    d = a.decisions[-1]
+    assert d.action == "refine", lines[-1]
+    assert len(d.sizes) == 2
+    low, high = sorted(d.sizes)
+    assert params[0] < low < n_opt < high < params[-1]  # inside the window, one either side
+    assert d.interval_before is not None and half_width(d.interval_before) > 0.01
+    assert lines[-1].startswith("1e17: minimum inside [") and "> 1%: adding" in lines[-1]
+    # Once those come back, the refine decision learns the interval after it.
+    for p in issue_all(a)[:2]:
+        a.complete(p.key, loss_at(p.params, n_opt))
+    assert a.decisions[a.decisions.index(d)].interval_after is not None
+
+
+def test_a_budget_stops_once_its_interval_is_within_tolerance(catalogue):
+    a = allocator(catalogue, spacing=1.5, tolerance=0.5, initial_sizes=5)
+    first = [a.suggest() for _ in range(5)]
+    n_opt = sorted(p.params for p in first)[2]
+    for p in first:
+        a.complete(p.key, loss_at(p.params, n_opt, curvature=0.5))
+    d = a.decisions[-1]
+    assert d.action == "done" and "<= 50%" in d.reason
+    assert a.budgets[1e17].status == "done"
+
+
+def test_caps_are_honoured(catalogue):
+    a = allocator(catalogue, max_trials=4)
+    issued = issue_all(a)
+    assert len(issued) == 4  # 3 at the first budget, 1 at the second, then the cap
+    assert a.stopped and "trial cap 4" in a.stopped
+    for p in issued:
+        a.complete(p.key, 1.0)
+    assert a.suggest() == FINISHED
+    assert a.trials_issued == 4
+
+    b = allocator(catalogue, max_flops=3.5e17)
+    issued = issue_all(b)
+    assert [b.trial_of(p.key)[0] for p in issued] == [1e17] * 3
+    assert b.flops_issued <= 3.5e17 and "FLOPs cap" in b.stopped
+
+
+def test_per_budget_cap_and_nothing_is_ever_run_twice(catalogue):
+    spec = make_spec(max_trials_per_budget=7, tolerance=0.001, spacing=1.5)
+    a = Allocator(spec, catalogue, PRIOR)
+    rng = np.random.default_rng(0)
+    seen: dict[float, list] = {}
+    while (p := a.suggest()) not in (None, FINISHED):
+        budget, _ = a.trial_of(p.key)
+        seen.setdefault(budget, []).append(p)
+        a.complete(p.key, loss_at(p.params, PRIOR(budget)) * math.exp(0.01 * rng.normal()))
+    assert a.suggest() == FINISHED
+    for budget, points in seen.items():
+        assert len(points) <= 7
+        assert len({p.key for p in points}) == len(points)  # no size twice at a budget
+        assert len({catalogue.shapes[p.index] for p in points}) == len(points)
+        assert a.budgets[budget].status == "done"
+    assert any("trial cap 7 reached" in d.reason for d in a.decisions)
+
+
+def test_failed_trials_are_not_retried_but_replaced(catalogue):
+    a = allocator(catalogue)
+    first = [a.suggest() for _ in range(3)]
+    a.complete(first[0].key, None)
+    a.complete(first[1].key, float("nan"))
+    a.complete(first[2].key, 1.0)
+    d = a.decisions[-1]
+    assert d.action == "retry" and len(d.sizes) == 2
+    assert not {p.params for p in first} & set(d.sizes)
+
+
+def test_later_budgets_follow_the_law_fitted_so_far(catalogue):
+    spec = parse_spec({"name": "a", "budgets": [1e17, 3e17, 1e18], "seed": 1,
+                       "trainer": {"kind": "simulated", "batch_size": 256},
+                       "allocator": {"kind": "adaptive", "tolerance": 0.3, "spacing": 2.5}})
+    truth = Prior(2e-3, 0.52, "truth")
+    lines = []
+    a = Allocator(spec, catalogue, PRIOR, lines.append)
+    while (p := a.suggest()) not in (None, FINISHED):
+        budget, _ = a.trial_of(p.key)
+        a.complete(p.key, loss_at(p.params, truth(budget), 0.2))
+    opens = [line for line in lines if "starting with" in line]
+    assert "the prior" in opens[0] and "the prior" in opens[1]
+    assert "from the law fitted so far" in opens[2] and "through 2 budgets" in opens[2]
+
+
+def test_state_round_trips_through_json_and_continues_the_same_plan(catalogue):
+    spec = make_spec(tolerance=0.05)
+    rng = np.random.default_rng(5)
+    a = Allocator(spec, catalogue, PRIOR)
+
+    def step(alloc, noise):
+        p = alloc.suggest()
+        if p in (None, FINISHED):
+            return p
+        budget, _ = alloc.trial_of(p.key)
+        alloc.complete(p.key, loss_at(p.params, PRIOR(budget) * 1.3) * noise)
+        return p.key
+
+    noises = np.exp(0.003 * rng.normal(size=40))
+    for k in range(8):
+        step(a, noises[k])
+    state = json.loads(json.dumps(a.get_state()))
+    b = Allocator(spec, catalogue, PRIOR)
+    b.set_state(state)
+    assert b.get_state() == a.get_state()
+    rest_a = [step(a, x) for x in noises[8:]]
+    rest_b = [step(b, x) for x in noises[8:]]
+    assert rest_a == rest_b and rest_a[0] is not None
+
+
+def test_priors(tmp_path):
+    spec = parse_spec({"name": "p", "budgets": [1e17, 1e18], "model": {"tokens_per_param": 20},
+                       "allocator": {"prior": "paper"}})
+    assert resolve_prior(spec)(1.5e21) == pytest.approx(958.3e6, rel=0.01)
+    h = heuristic_prior(20)
+    assert h(6e12) == pytest.approx(math.sqrt(6e12 / 120))
+    spec = parse_spec({"name": "p", "budgets": [1e17, 1e18],
+                       "allocator": {"prior": "explicit", "prior_coefficient": 2e-3,
+                                     "prior_exponent": 0.5}})
+    assert resolve_prior(spec)(1e18) == pytest.approx(2e6)
+    spec = parse_spec({"name": "p", "budgets": [1e17, 1e18], "allocator": {"prior": "study:x"}})
+    with pytest.raises(ValueError, match="needs the study's laws"):
+        resolve_prior(spec)

@@ -1,0 +1,81 @@
+"""`dit-scaling plan`: in-process simulations of a study under both strategies, no Ray."""
+
+import json
+import textwrap
+
+import pytest
+import ray
+
+from scaling.surface import SURFACES
+from search.allocator import resolve_prior
+from search.cli import main
+from search.plan import plan_study, simulate_study, simulated_template, true_exponents
+from search.spec import parse_spec
+
+SPEC = {"name": "pl", "budgets": [1e17, 3e17, 1e18, 3e18],
+        "trainer": {"kind": "simulated", "batch_size": 256},
+        "model": {"sizes_per_budget": 7, "size_spacing": 1.5},
+        "allocator": {"kind": "adaptive", "prior": "paper", "spacing": 3.0}}
+
+
+def test_a_simulated_study_spends_and_fits_like_the_service():
+    spec = parse_spec(SPEC)
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
+                         SURFACES["chinchilla"], concurrency=2)
+    assert {t.budget for t in sim.trials} == set(spec.budgets)
+    assert sim.flops == pytest.approx(sum(t.flops for t in sim.trials))
+    assert sim.flops == pytest.approx(sum(t.budget for t in sim.trials), rel=1e-3)
+    assert sim.gpu_hours == pytest.approx(sim.flops / (989e12 * 0.4) / 3600)
+    value, lo, hi = sim.exponent("n_opt")
+    assert lo <= SURFACES["chinchilla"].exponents().a <= hi
+    fixed = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "fixed",
+                           SURFACES["chinchilla"], fit=False)
+    assert len(fixed.trials) == 4 * 7 and fixed.decisions == []
+
+
+def test_true_exponents():
+    truth = true_exponents(SURFACES["paper"], [1e17, 6e18])
+    assert truth["n_opt"] == pytest.approx(0.5681)
+    assert truth["d_opt"] == pytest.approx(0.4319)
+    assert abs(truth["loss"] - -0.0273) < 0.01
+
+
+def test_plan_report_compares_both_strategies():
+    spec = parse_spec(SPEC)
+    lines = []
+    report = plan_study(spec, simulated_template(spec), resolve_prior(spec), "paper", 2,
+                        progress=lines.append)
+    assert len(lines) == 4 and lines[0].startswith("[adaptive 1/2]")
+    text = report.text()
+    for row in ("trials (median, range)", "total FLOPs", "GPU-hours", "N_opt exponent a",
+                "D_opt exponent b", "loss exponent", "covers truth", "fixed grid"):
+        assert row in text
+    s = report.summary("adaptive")
+    assert s["repeats"] == 2 and s["flops_median"] > 0 and "n_opt" in s
+
+
+def test_plan_cli_needs_no_ray(tmp_path, capsys):
+    path = tmp_path / "p.toml"
+    path.write_text(textwrap.dedent("""
+        name = "pl"
+        budgets = [1e17, 3e17, 1e18]
+        [trainer]
+        kind = "simulated"
+        batch_size = 256
+        [allocator]
+        kind = "adaptive"
+        prior = "paper"
+    """))
+    assert main(["plan", str(path), "--surface", "chinchilla", "--repeats", "2", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "[fixed 2/2]" in out
+    data = json.loads(out[out.index("\n{") + 1:])
+    assert data["surface"] == "chinchilla" and data["adaptive"]["repeats"] == 2
+    assert not ray.is_initialized()
+
+
+def test_plan_refuses_bad_arguments(tmp_path, capsys):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "pl"\nbudgets = [1e17, 3e17]\n')
+    assert main(["plan", str(path), "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err
