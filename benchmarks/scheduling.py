@@ -25,8 +25,10 @@ import time
 import warnings
 
 import ray
+from ray import tune
+from ray.tune.search import Searcher
 
-from search.driver import RAY_ENV, run_study
+from search.driver import RAY_ENV, gpu_request, run_study
 from search.occupancy import measure
 from search.spec import parse_spec
 
@@ -55,6 +57,39 @@ def run(spec_data: dict, quiet: bool = True):
     return outcome, time.monotonic() - t0, lines
 
 
+class _Count(Searcher):
+    """Serves n empty configs: what Tune itself costs per trial, with nothing of the service."""
+
+    def __init__(self, n: int, gpus: int):
+        super().__init__(metric="loss", mode="min")
+        self.n, self.gpus, self.i = n, gpus, 0
+
+    def suggest(self, trial_id):
+        if self.i >= self.n:
+            return Searcher.FINISHED
+        self.i += 1
+        return {"i": self.i, "gpus": self.gpus}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+
+def _bare(config):
+    for k in range(5):  # as many reports as a simulated trial makes
+        tune.report({"loss": 1.0 / (k + 1)})
+
+
+def bare_tune(n: int, storage: str, concurrency: int) -> float:
+    """Wall seconds per trial of n trivial trials through Tune, asking 4 GPUs each."""
+    t0 = time.monotonic()
+    tune.Tuner(tune.with_resources(_bare, gpu_request),
+               tune_config=tune.TuneConfig(search_alg=_Count(n, 4), num_samples=-1,
+                                           max_concurrent_trials=concurrency,
+                                           reuse_actors=True),
+               run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0)).fit()
+    return (time.monotonic() - t0) / n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=1000)
@@ -78,6 +113,7 @@ def main() -> int:
             print(f"study wall time {wall:.0f} s ({outcome.finished} trials finished, "
                   f"{outcome.failed} failed)")
             zero, zwall, _ = run(study(tmp, args.overhead_trials, args.budgets, 0.0, "zero"))
+            bare = bare_tune(args.overhead_trials, tmp, GPUS // 4)
     finally:
         ray.shutdown()
     print()
@@ -95,6 +131,9 @@ def main() -> int:
           f"(scaled run); {zwall / zero.finished:.3f} s of study wall time per trial with no "
           f"simulated time ({zero.finished} trials, {zwall:.0f} s, driver + Tune + MLflow + "
           "allocator + laws)")
+    print(f"Tune's own overhead per trial: {bare:.3f} s (the same number of trivial trials, "
+          f"4 GPUs each, nothing of the service); service / Tune: "
+          f"{zwall / zero.finished / bare:.2f}")
     return 0
 
 

@@ -17,8 +17,9 @@ Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling
      centred again (off-centre windows bias the vertex, arXiv 2603.22339);
    - refine: add one size on each side of the minimum at the interval's half-width (at least one
      ladder step, at most half a spacing step), so the window narrows around the minimum.
-3. Budgets open in increasing order of compute whenever a trial slot is free and nothing is
-   queued, so with few slots later budgets start on the law, with many they start at once.
+3. Budgets open in order of compute (allocator.order, ascending by default) whenever a trial
+   slot is free and nothing is queued, so with few slots later budgets start on the law, with
+   many they start at once.
 Study caps (`max_trials`, `max_flops` as the sum of trial budgets) stop new trials; with
 `exponent_tolerance` the study stops once the N_opt exponent's 95% interval (power law through
 the budgets' bootstrap draws, as in the final fit) is within +- that and 3 budgets have optima.
@@ -194,7 +195,8 @@ class Allocator:
         self.a = spec.allocator
         self.out = out
         self.tolerance = self.a.tolerance
-        self.budgets = {float(c): Budget(float(c)) for c in sorted(spec.budgets)}
+        order = sorted(spec.budgets, reverse=self.a.order == "descending")
+        self.budgets = {float(c): Budget(float(c)) for c in order}
         self.decisions: list[Decision] = []
         self.trials_issued = 0
         self.flops_issued = 0.0

@@ -251,6 +251,10 @@ class StudyRun:
         """Build the Tuner (`tuner_of(trainable, k, callbacks)`), run it, reconcile MLflow."""
         spec = self.spec
         trainable, k, extra = self.trainable()
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.out(f"Ray: up to {k} trials at a time"
+                 + (f" on {gpus:g} GPUs" + (" (simulated)" if spec.simulated else "")
+                    if gpus else ""))
         progress = StudyProgress(planned, spec.metric, self.out)
         callbacks = [progress, *extra]
         tuner = tuner_of(trainable, k, callbacks)
@@ -376,8 +380,12 @@ def resume_study(study: str, tracking_uri: str,
     out(f"study {spec.name}: resuming study run {run.info.run_id} from {path}")
 
     def restore(trainable, k: int, callbacks: list) -> tune.Tuner:
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        # Tune restores the callbacks pickled when the study started; this driver's own ones
+        # count and time the resumed run (Ray 2.60 has no public way to pass them on restore).
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
 
     planned = tags.get("dit.planned_trials")
     progress, usage, exp_path = study_run.execute(restore, int(planned) if planned else None)
@@ -410,9 +418,12 @@ def refine_study(study: str, tracking_uri: str, budgets: list[float] | None = No
               for r in records]
     searcher = AllocatorSearcher(spec, template, study_prior(spec, tracking), out, shapes)
     cat = searcher.allocator.catalogue
-    seeded = [(float(r.params["budget"]), cat.shapes.index(shape), r.metrics.get(spec.metric)
-               if r.status == "finished" else None) for r, shape in zip(records, shapes,
-                                                                       strict=True)]
+    def budget_of(r) -> float:  # MLflow keeps 6 significant digits of the spec's budget
+        return min(spec.budgets, key=lambda b: abs(math.log(b / float(r.params["budget"]))))
+
+    seeded = [(budget_of(r), cat.shapes.index(shape),
+               r.metrics.get(spec.metric) if r.status == "finished" else None)
+              for r, shape in zip(records, shapes, strict=True)]
     searcher.allocator.seed(seeded)
     out(f"study {spec.name}: refining study run {run_id} from {len(records)} trials "
         f"({sum(r.status == 'finished' for r in records)} finished), tolerance "

@@ -169,10 +169,14 @@ class AllocatorSpec(_Frozen):
     (relative) or `max_trials_per_budget` is reached, and honours `max_trials` and `max_flops`
     (FLOPs, sum of trial budgets) over the study; 0 means no cap. With `exponent_tolerance` > 0
     the study also stops once the N_opt exponent's 95% interval is within +- that (absolute).
+    Budgets open in `order` of compute: "ascending" (later budgets start on the law fitted so far;
+    best with few trial slots) or "descending" (the costliest budgets, whose rounds set the
+    makespan, start first; best on a large cluster).
     The fixed grid is centred on the same prior when one other than "none" is given.
     """
 
     kind: Literal["fixed", "adaptive"] = "fixed"
+    order: Literal["ascending", "descending"] = "ascending"
     initial_sizes: int = Field(3, ge=3, le=15)
     spacing: float = Field(2.0, gt=1.0, le=10.0)
     tolerance: float = Field(0.15, gt=0, lt=1)
