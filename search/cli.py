@@ -4,7 +4,7 @@
     dit-scaling status --study NAME              trials done / running / failed, from MLflow
     dit-scaling laws --study NAME [--json]       the fitted laws, from MLflow
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
-    dit-scaling fit RUNS [--json] [--log-to-mlflow --study NAME]
+    dit-scaling fit RUNS [--json] [--log-to-mlflow --study NAME] [--seed-noise S]
     dit-scaling compare A B [--json]             Table 1 style comparison of two studies or files
 
 Every number printed states its unit; FLOPs count a multiply-add as 2 FLOPs.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -22,16 +23,42 @@ from pathlib import Path
 from search.spec import DEFAULT_OUTPUT, SpecError, load_spec
 
 
+class UsageError(ValueError):
+    """A command line that cannot be carried out as given; the message says what to add."""
+
+
+RUNS_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the embedded default's SQLite file under ./dit-scaling-runs."""
     return os.environ.get("MLFLOW_TRACKING_URI") or (
         f"sqlite:///{Path(DEFAULT_OUTPUT).resolve() / 'mlflow.db'}")
 
 
+def default_artifact_root(uri: str) -> str | None:
+    """Beside a SQLite store, its `artifacts` folder (else MLflow writes to ./mlruns of whatever
+    directory the command ran in); for a server, None: the server decides."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
+    return None
+
+
 def _tracking(args):
     from search.tracking import Tracking
 
-    return Tracking(args.tracking_uri)
+    root = getattr(args, "artifact_root", None) or default_artifact_root(args.tracking_uri)
+    return Tracking(args.tracking_uri, root)
+
+
+def _positive_flops(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of FLOPs")
+    return value
 
 
 def _emit(args, data: dict, text: str) -> None:
@@ -95,7 +122,7 @@ def _law(args):
     if args.law == "paper":
         return paper_law(), "the paper's published law"
     if not args.study:
-        raise SystemExit("predict: give --study NAME or --law paper")
+        raise UsageError("give --study NAME or --law paper")
     fit, run = load_laws(_tracking(args), args.study)
     return fit, f"study {args.study} (study run {run.info.run_id})"
 
@@ -111,12 +138,17 @@ def cmd_fit(args) -> int:
     from scaling.laws import FitOptions, fit_laws
     from scaling.runs_table import read_runs
 
+    if args.log_to_mlflow and not args.study:
+        raise UsageError("--log-to-mlflow needs --study NAME")
     points = read_runs(args.runs)
-    fit = fit_laws(points, FitOptions(convention=args.convention, draws=args.draws,
-                                      saturating=args.saturating, seed=args.seed))
+    try:
+        options = FitOptions(convention=args.convention, draws=args.draws,
+                             saturating=args.saturating, seed=args.seed,
+                             noise_sigma=args.noise_sigma, seed_noise=args.seed_noise)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    fit = fit_laws(points, options)
     if args.log_to_mlflow:
-        if not args.study:
-            raise SystemExit("fit --log-to-mlflow needs --study NAME")
         _log_fit(args, fit)
     _emit(args, fit.to_dict(), fit.table())
     return 0
@@ -146,8 +178,11 @@ def _fit_source(args, source: str):
     from scaling.runs_table import read_runs
     from search.results import load_laws
 
-    if Path(source).suffix.lower() in (".csv", ".parquet", ".pq") and Path(source).exists():
-        return fit_laws(read_runs(source), FitOptions(seed=args.seed))
+    path = Path(source)
+    if path.suffix.lower() in RUNS_SUFFIXES or path.is_file():
+        # The comparison reads Approach 2's exponents only: Approach 3 would cost time for nothing.
+        return fit_laws(read_runs(path), FitOptions(seed=args.seed, draws=args.draws,
+                                                    approach3=False))
     return load_laws(_tracking(args), source)[0]
 
 
@@ -181,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
     query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
     pr = query("predict", "N_opt, D_opt, loss and FID at a budget")
-    pr.add_argument("--budget", type=float, required=True, help="compute, FLOPs")
+    pr.add_argument("--budget", type=_positive_flops, required=True, help="compute, FLOPs")
     pr.add_argument("--law", choices=["paper"], help="use the paper's published law")
     pr.set_defaults(func=cmd_predict)
 
@@ -189,16 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("runs", help="CSV or Parquet file: compute, params, loss[, tokens, fid, budget]")
     f.add_argument("--study", help="study name for --log-to-mlflow")
     f.add_argument("--log-to-mlflow", action="store_true", help="store the fit as a study run")
+    f.add_argument("--artifact-root", help="where --log-to-mlflow stores laws.json (default: "
+                   "beside a SQLite store, its artifacts folder; a server's own)")
     f.add_argument("--convention", choices=["6ND", "exact"], default="6ND")
     f.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     f.add_argument("--saturating", action="store_true", help="also fit L = E + A C^-alpha")
+    f.add_argument("--noise-sigma", type=float, default=0.0,
+                   help="relative loss noise added to every run in each bootstrap draw")
+    f.add_argument("--seed-noise", type=float, default=0.005,
+                   help="seed-to-seed relative loss noise assumed for budgets with fewer than 5 "
+                        "sizes (Porian et al. 2024: 0.005); 0: none, their intervals are then "
+                        "reported as not estimable")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_fit)
 
     c = query("compare", "compare two studies or runs files (the paper's Table 1)", study=False)
     c.add_argument("a", help="study name or runs file")
     c.add_argument("b", help="study name or runs file")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed for runs files")
+    c.add_argument("--draws", type=int, default=1000, help="bootstrap draws for runs files")
     c.set_defaults(func=cmd_compare)
     return p
 
@@ -211,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SpecError, RunsTableError, LawFitError, TrackingError) as err:
+    except (SpecError, RunsTableError, LawFitError, TrackingError, UsageError) as err:
         print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -92,11 +92,6 @@ def test_laws_predict_and_status_answer_from_mlflow_alone(study, capsys):
     assert "8 finished" in status and "laws: fitted" in status
 
 
-def test_paper_law_prediction(capsys):
-    pred = json.loads(run_cli(capsys, "predict", "--law", "paper", "--budget", "1.5e21", "--json"))
-    assert pred["n_opt"]["value"] == pytest.approx(958.3e6, rel=0.02)
-
-
 def test_malformed_spec_is_refused_before_any_compute(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\nbudgets = [1e11, 2e11, -1e12]\n')
