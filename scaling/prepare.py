@@ -285,8 +285,7 @@ def prepare_dataset(source: list[str], dst: str | Path, cfg: PrepareConfig = Pre
             counts["ood"] = _write_split(preparer, _raw_samples(ood, skipped), tmp, "ood",
                                          latent, skipped)
         _log("wrote " + ", ".join(f"{k}: {v} samples" for k, v in counts.items()))
-        info = finish_dataset(tmp, dst, cfg, preparer, source, ood or [], skipped,
-                              "in-process")
+        info = finish_dataset(tmp, dst, cfg, source, ood or [], skipped, "in-process")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -323,12 +322,23 @@ def _sample_digest(sample: Sample) -> str:
     return h.hexdigest()
 
 
-def finish_dataset(tmp: Path, dst: Path, cfg: PrepareConfig, preparer: Preparer,
-                   source: list[str], ood: list[str], skipped: Counter,
-                   engine: str) -> DatasetInfo:
+def latent_scale(autoencoder: str | None) -> float:
+    """The autoencoder's `scaling_factor` (latents are stored multiplied by it), from its config
+    alone; 1 without an autoencoder."""
+    if not autoencoder:
+        return 1.0
+    from diffusers import AutoencoderKL
+
+    local = Path(autoencoder).expanduser().exists()
+    config = AutoencoderKL.load_config(autoencoder, local_files_only=local)
+    return float(config.get("scaling_factor", 1.0))
+
+
+def finish_dataset(tmp: Path, dst: Path, cfg: PrepareConfig, source: list[str],
+                   ood: list[str], skipped: Counter, engine: str) -> DatasetInfo:
     """Count, hash and describe the shards `split-NNNNNN.tar` in `tmp`, write `dataset.json`
     and move the finished dataset to `dst`."""
-    from scaling.data import read_shard
+    from scaling.data import load_npy, read_shard
 
     splits: dict[str, tuple[ShardInfo, ...]] = {}
     digests: list[str] = []
@@ -341,10 +351,9 @@ def finish_dataset(tmp: Path, dst: Path, cfg: PrepareConfig, preparer: Preparer,
                 n += 1
                 digests.append(f"{split}/{sample['__key__']}:{_sample_digest(sample)}")
                 if shape is None:
-                    from scaling.data import load_npy
-
-                    image = (load_npy(sample["latent.npy"]) if "latent.npy" in sample else None)
-                    shape = image.shape if image is not None else None
+                    text = load_npy(sample["text.npy"])
+                    image = load_npy(sample["latent.npy"]) if "latent.npy" in sample else None
+                    shape = (text.shape[1], None if image is None else image.shape)
             shards.append(ShardInfo(path.name, n, path.stat().st_size, _sha256(path)))
         if shards:
             splits[split] = tuple(shards)
@@ -354,13 +363,13 @@ def finish_dataset(tmp: Path, dst: Path, cfg: PrepareConfig, preparer: Preparer,
     if skipped:
         _log("skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
     content = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
-    latent = preparer.vae is not None
-    channels, side = (shape[0], shape[1]) if latent and shape else (3, cfg.image_size)
+    text_dim, latent = shape
+    channels, side = (latent[0], latent[1]) if latent else (3, cfg.image_size)
     params = {"generator": "prepare", "engine": engine, **asdict(cfg),
-              "pixel_size": cfg.image_size, "latent_scale": preparer.latent_scale,
+              "pixel_size": cfg.image_size, "latent_scale": latent_scale(cfg.autoencoder),
               "source": source, "ood_source": ood, "skipped": dict(sorted(skipped.items()))}
     info = DatasetInfo(dst, "latent.npy" if latent else "png", side, channels, cfg.text_encoder,
-                       preparer.text.dim, cfg.text_len, splits, params, f"sha256:{content}")
+                       text_dim, cfg.text_len, splits, params, f"sha256:{content}")
     (tmp / "dataset.json").write_text(json.dumps(info.to_json(), indent=1) + "\n")
     tmp.chmod(0o755)
     if dst.exists():
