@@ -21,21 +21,6 @@ from scaling.objective import drop_captions
 from scaling.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=32, patch_size=8,
-                              projection_dim=16)
-    CLIPVisionModelWithProjection(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                       ).save_pretrained(path)
-    return str(path)
-
-
 def _images(n, seed=0, shift=0):
     rng = np.random.default_rng(seed)
     return [np.clip(rng.integers(0, 200, (16, 16, 3)) + shift, 0, 255).astype(np.uint8)
