@@ -51,6 +51,11 @@ class _Encode:
         self.preparer = Preparer(cfg)
         self.keep_pixels = keep_pixels
         self.counter = counter
+        latent = cfg.autoencoder is not None
+        # The same columns for every batch, even one whose samples were all skipped.
+        self.columns = [c for c in OUTPUT_COLUMNS
+                        if (c != "latent.npy" or latent) and (c != "png" or not latent
+                                                              or keep_pixels)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["__key__"])
@@ -58,8 +63,7 @@ class _Encode:
         out, skipped = self.preparer(samples, self.keep_pixels)
         if skipped:
             ray.get(self.counter.add.remote(dict(skipped)))  # counted before the batch moves on
-        columns = [c for c in OUTPUT_COLUMNS if any(c in s for s in out)] if out else []
-        return {c: np.array([s.get(c) for s in out], dtype=object) for c in columns}
+        return {c: np.array([s[c] for s in out], dtype=object) for c in self.columns}
 
 
 def prepare_on_ray(source: list[str], dst: str | Path, cfg: PrepareConfig | None = None,

@@ -164,3 +164,11 @@ def test_cli_in_process_and_on_ray_give_the_same_samples(tmp_path, tiny_models, 
                 np.testing.assert_allclose(load_npy(a[key][name]).astype(np.float32),
                                            load_npy(b[key][name]).astype(np.float32),
                                            atol=2e-3, rtol=2e-3)
+
+
+def test_cli_names_a_missing_source(tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["data", "prepare", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "nowhere: no such shard or directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
