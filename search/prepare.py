@@ -59,7 +59,9 @@ class _Encode:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["__key__"])
-        samples = [{k: v[i] for k, v in batch.items() if v[i] is not None} for i in range(n)]
+        # A file a sample lacks comes back as None or NaN (Ray fills the column): drop it.
+        samples = [{k: v[i] for k, v in batch.items() if isinstance(v[i], bytes | str)}
+                   for i in range(n)]
         out, skipped = self.preparer(samples, self.keep_pixels)
         if skipped:
             ray.get(self.counter.add.remote(dict(skipped)))  # counted before the batch moves on
@@ -95,7 +97,8 @@ def prepare_on_ray(source: list[str], dst: str | Path, cfg: PrepareConfig | None
             ds = ds.map_batches(_Encode, batch_size=cfg.batch_size, batch_format="numpy",
                                 fn_constructor_kwargs={"cfg": cfg, "counter": counter,
                                                        "keep_pixels": latent and split != "train"},
-                                concurrency=workers, num_gpus=gpus_per_worker or None)
+                                compute=ray.data.ActorPoolStrategy(size=workers),
+                                num_gpus=gpus_per_worker or None)
             out = tmp / f".{split}"
             ds.write_webdataset(str(out), encoder=None, min_rows_per_file=cfg.samples_per_shard)
             # Ray names files by dataset and block; give them the dataset's own names.
