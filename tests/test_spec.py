@@ -85,3 +85,9 @@ def test_fid_with_guidance_and_caption_dropout_is_accepted():
     spec = parse_spec({"name": "s", "budgets": [1e11, 2e11], "trainer": {"caption_dropout": 0.1},
                        "eval": {"fid": True, "fid_extractor": "clip-vit-l-14"}})
     assert spec.eval.cfg_scale == 1.5 and spec.fid_cache == spec.output_path / "fid-stats"
+
+
+def test_demo_fid_spec_is_the_demo_plus_fid():
+    demo, fid = load_spec(DEMO), load_spec(DEMO.with_name("demo_fid.toml"))
+    assert fid.eval.fid and not demo.eval.fid and fid.trainer.caption_dropout > 0
+    assert fid.budgets == demo.budgets and fid.model == demo.model and fid.data == demo.data
