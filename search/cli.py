@@ -6,6 +6,7 @@
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
     dit-scaling fit RUNS [--json] [--log-to-mlflow --study NAME] [--seed-noise S]
     dit-scaling compare A B [--json]             Table 1 style comparison of two studies or files
+    dit-scaling data prepare SRC DST [--address ADDR]   image-caption shards -> training shards
 
 Every number printed states its unit; FLOPs count a multiply-add as 2 FLOPs.
 """
@@ -195,6 +196,40 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    from scaling.prepare import PrepareConfig, prepare_dataset, source_urls
+
+    try:
+        cfg = PrepareConfig(image_size=args.image_size, text_encoder=args.text_encoder,
+                            text_len=args.text_len, autoencoder=args.autoencoder,
+                            val_fraction=args.val_fraction,
+                            samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
+        source = source_urls(args.src)
+        ood = source_urls(args.ood) if args.ood else None
+        if args.address:
+            from search.prepare import prepare_on_ray
+
+            info = prepare_on_ray(source, args.dst, cfg, ood, address=args.address,
+                                  workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        else:
+            info = prepare_dataset(source, args.dst, cfg, ood)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise PrepareError(str(err)) from err
+    counts = ", ".join(f"{k} {info.samples(k)} samples in {len(v)} shards"
+                       for k, v in info.splits.items())
+    skipped = info.params.get("skipped") or {}
+    print(f"dataset {info.root}: {counts}; {info.image_key} {info.channels} x {info.image_size}"
+          f" x {info.image_size}; text {info.text_encoder} ({info.text_len} tokens x "
+          f"{info.text_dim}); skipped: "
+          + (", ".join(f"{n} {r}" for r, n in skipped.items()) or "none")
+          + f"; {info.content_hash}")
+    return 0
+
+
+class PrepareError(ValueError):
+    """Bad arguments or input for `data prepare`."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dit-scaling", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -244,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed for runs files")
     c.add_argument("--draws", type=int, default=1000, help="bootstrap draws for runs files")
     c.set_defaults(func=cmd_compare)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="image-caption webdataset shards -> training shards "
+                         "(image latents or pixels, text features, dataset.json)")
+    dp.add_argument("src", help="source shards: a directory, a .tar, a glob or a brace pattern")
+    dp.add_argument("dst", help="new dataset directory")
+    dp.add_argument("--ood", help="out-of-distribution shards (e.g. COCO), prepared as split ood")
+    dp.add_argument("--image-size", type=int, default=32, help="pixels after centre crop")
+    dp.add_argument("--autoencoder", help="diffusers AutoencoderKL directory or hub name "
+                    "(latents); default: store pixels")
+    dp.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
+                    help="transformers encoder directory or hub name")
+    dp.add_argument("--text-len", type=int, default=32, help="text tokens per caption")
+    dp.add_argument("--val-fraction", type=float, default=0.05,
+                    help="share of samples held out as val (by key hash)")
+    dp.add_argument("--samples-per-shard", type=int, default=2048)
+    dp.add_argument("--batch-size", type=int, default=64, help="samples encoded together")
+    dp.add_argument("--address", help="Ray cluster address: run through Ray Data there")
+    dp.add_argument("--workers", type=int, default=1, help="encoder actors (with --address)")
+    dp.add_argument("--gpus-per-worker", type=float, default=0.0,
+                    help="GPUs per encoder actor (with --address)")
+    dp.set_defaults(func=cmd_data_prepare)
     return p
 
 
@@ -255,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SpecError, RunsTableError, LawFitError, TrackingError, UsageError) as err:
+    except (SpecError, RunsTableError, LawFitError, TrackingError, UsageError,
+            PrepareError) as err:
         print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
         return 2
 
