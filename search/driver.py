@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
 from scaling.model import DiTConfig, ModelShape
+from scaling.text import DEFAULT_TEXT_ENCODER
 from search.allocator import Prior, resolve_prior
 from search.grid import GridSearcher, TrialSpec, fixed_grid, plan, trial_config
 from search.plan import simulated_template
@@ -34,7 +35,7 @@ from search.searcher import AllocatorSearcher
 from search.simulated import SimContext, report_metrics, run_simulated_trial
 from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.tracking import KIND, Tracking, TrackingError
-from search.trial import StudyContext, run_trial
+from search.trial import StudyContext, eval_config, run_trial
 from search.trial_log import SimulatedTrialLog, Usage, known_trial_runs
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
@@ -68,14 +69,41 @@ class StudyOutcome:
 
 
 def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
-    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one."""
-    if spec.data.source == "builtin":
-        d = spec.data
+    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one
+    (checked against the encoders the spec names)."""
+    d = spec.data
+    if d.source == "builtin":
         return write_builtin_dataset(spec.data_path, image_size=d.image_size,
                                      train_samples=d.train_samples, val_samples=d.val_samples,
                                      ood_samples=d.ood_samples,
-                                     samples_per_shard=d.samples_per_shard, seed=spec.seed)
-    return DatasetInfo.load(spec.data_path)
+                                     samples_per_shard=d.samples_per_shard, seed=spec.seed,
+                                     encoder=d.text_encoder or DEFAULT_TEXT_ENCODER)
+    info = DatasetInfo.load(spec.data_path)
+    problems = []
+    if d.text_encoder and d.text_encoder != info.text_encoder:
+        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {info.root}/dataset.json "
+                        f"was encoded with {info.text_encoder!r}")
+    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
+    if d.autoencoder and d.autoencoder != autoencoder:
+        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {info.root}/dataset.json "
+                        f"holds {'latents of ' + repr(autoencoder) if autoencoder else 'pixels'}")
+    if problems:
+        raise SpecError("the prepared dataset does not match the spec:\n  "
+                        + "\n  ".join(problems))
+    return info
+
+
+def fid_reference(spec: StudySpec, ctx: StudyContext, out: Callable[[str], None]) -> None:
+    """Compute (or find cached) the FID reference statistics once, before the trials need them."""
+    from scaling.fid import load_extractor, reference_stats
+
+    cfg = eval_config(ctx)
+    if cfg is None or cfg.fid is None:
+        return
+    f = cfg.fid
+    reference_stats(list(f.reference_urls), f.reference_samples,
+                    load_extractor(f.extractor, f.extractor_path), cache_dir=f.cache_dir,
+                    dataset=f.dataset, batch_size=f.batch_size, log=out)
 
 
 def model_template(spec: StudySpec, info: DatasetInfo) -> DiTConfig:
@@ -243,7 +271,13 @@ class StudyRun:
         ctx = StudyContext(study=spec.name, study_run_id=self.study_run_id,
                            tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
                            spec=spec.model_dump(mode="json"), template=self.template,
-                           train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")))
+                           train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")),
+                           ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
+                           dataset_root=str(info.root), dataset_hash=info.content_hash,
+                           autoencoder=info.params.get("autoencoder")
+                           if info.image_key == "latent.npy" else None,
+                           latent_scale=float(info.params.get("latent_scale", 1.0)))
+        fid_reference(spec, ctx, self.out)
         return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources), k, []
 
     def execute(self, tuner_of: Callable[[object, int, list], tune.Tuner],
