@@ -100,7 +100,9 @@ def main() -> int:
             spec = base.model_copy(update={"seed": seed})
             ada = simulate_study(spec, template, prior, "adaptive", surf, 1, catalogue)
             a_ci = ada.exponent("n_opt")
-            a_ok = bool(ada.decisions) and ada.decisions[-1].action == "stop"
+            # Reached: the allocator stopped on its exponent interval and the final fit agrees.
+            a_ok = (bool(ada.decisions) and ada.decisions[-1].action == "stop"
+                    and a_ci is not None and half(a_ci[1:]) <= TARGET + 1e-9)
             fixed_spec = spec.model_copy(update={"allocator": spec.allocator.model_copy(
                 update={"kind": "fixed"})})
             fix = simulate_study(fixed_spec, template, prior, "fixed", surf, 1, fit=False)

@@ -21,8 +21,9 @@ Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling
    slot is free and nothing is queued, so with few slots later budgets start on the law, with
    many they start at once.
 Study caps (`max_trials`, `max_flops` as the sum of trial budgets) stop new trials; with
-`exponent_tolerance` the study stops once the N_opt exponent's 95% interval (power law through
-the budgets' bootstrap draws, as in the final fit) is within +- that and 3 budgets have optima.
+`exponent_tolerance` the study stops once the N_opt exponent's 95% interval is within +- that and
+3 budgets have optima; that interval is the study's final fit (`fit_laws` with the service's
+FitOptions) on the trials finished so far, so the stop and the logged laws agree.
 Every decision is a `Decision`, kept in order with the interval before it and, once the trials it
 added are back, after it. The state is plain data (`get_state`/`set_state`) for Tune's restore.
 """
@@ -40,16 +41,20 @@ import numpy as np
 from scaling.flops import plan_trial
 from scaling.ladder import ladder
 from scaling.laws.bootstrap import resample
+from scaling.laws.fit import LawFitError, fit_laws
 from scaling.laws.isoflop import BudgetFit, fit_budget
 from scaling.laws.powerlaw import PowerLaw, fit_power_law
+from scaling.laws.result import FEW_SIZES, FitOptions
 from scaling.model import DiTConfig
+from scaling.runs_table import RunPoint
 from scaling.surface import PAPER_N_COEFFICIENT, PAPER_N_EXPONENT
 from search.spec import StudySpec
 
 FINISHED = "FINISHED"  # what `suggest` returns when the study has nothing left to run
 MIN_STEPS = 10  # as search.grid: a trial shorter than this measures the warmup, not the model
 FIT_DRAWS = 1000  # bootstrap draws per decision, as the final fit
-FLOOR_SPACING = 0.33  # as FitOptions: floor on each optimum's sd, x grid spacing (Porian et al.)
+FLOOR_SPACING = FitOptions().floor_spacing  # floor on an optimum's sd, x grid spacing
+SEED_NOISE = FitOptions().seed_noise  # relative loss sd added to budgets with few sizes
 MIN_OPTIMA_FOR_EXPONENT = 3
 LAW_EXPONENT_RANGE = (0.25, 0.9)  # a law through 2 close budgets can point anywhere: clamp it
 EDGE_RISE = 4.0  # refine where the loss rises this many noise sds above the minimum
@@ -451,7 +456,10 @@ class Allocator:
             losses = np.array([p.loss for p in pts])
             seed = zlib.crc32(f"{self.spec.seed}:{c:.6g}:{len(pts)}".encode())
             rng = np.random.default_rng(seed)
-            draws = resample([np.arange(params.size)], params, losses, FIT_DRAWS, rng)
+            # As the final fit (fit_laws' default FitOptions): with fewer than FEW_SIZES sizes,
+            # resampling runs cannot spread the optimum, so the draws add seed noise.
+            sigma = SEED_NOISE if len({p.params for p in pts}) < FEW_SIZES else 0.0
+            draws = resample([np.arange(params.size)], params, losses, FIT_DRAWS, rng, sigma)
             fit, bd = fit_budget(c, params, c / (6 * params), losses,
                                  np.full(params.size, np.nan), draws.counts, draws.losses, rng,
                                  FLOOR_SPACING)
@@ -562,11 +570,31 @@ class Allocator:
             return
         if sum(self._has_optimum(c) for c in self.budgets) < MIN_OPTIMA_FOR_EXPONENT:
             return
-        law = self.law()
+        law = self.law()  # cheap screen; the stop itself is decided on the final fit's interval
+        lo, hi = law.exponent_ci
+        if (hi - lo) / 2 > 1.5 * tol:
+            return
+        law = self.final_law()
+        if law is None or law.exponent_ci is None:
+            return
         lo, hi = law.exponent_ci
         if (hi - lo) / 2 <= tol:
             self._stop(f"N_opt exponent {law.exponent:.4f} [{lo:.4f}, {hi:.4f}] is within "
                        f"+-{tol:g} from {law.budgets} budgets")
+
+    def final_law(self) -> PowerLaw | None:
+        """The N_opt law the study's final fit (`fit_laws`, the service's FitOptions) would give on
+        the trials finished so far, points in the order the service reads them."""
+        points = sorted(((c, p) for c, p in self.finished_points()), key=lambda x: (x[0], x[1].key))
+        try:
+            fit = fit_laws([RunPoint(compute=c, params=p.params, loss=p.loss,
+                                     tokens=c / (6 * p.params), budget=c, trial=p.key)
+                            for c, p in points],
+                           FitOptions(convention=self.spec.convention, seed=self.spec.seed,
+                                      approach3=False))
+        except (LawFitError, ValueError):
+            return None
+        return fit.n_opt
 
 
 def _sizes(sizes: list[int]) -> str:

@@ -130,8 +130,11 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
             allocator.complete(config["trial_key"], loss)
     law, error = None, None
     if fit:
+        # In the order the service reads trial runs (search.results.trial_points), so the
+        # bootstrap draws, and so the intervals, are the ones the service would log.
         points = [RunPoint(compute=t.budget, params=t.params, loss=t.loss, tokens=t.tokens,
-                           budget=t.budget, trial=t.key) for t in trials]
+                           budget=t.budget, trial=t.key)
+                  for t in sorted(trials, key=lambda t: (t.budget, t.key))]
         try:
             law = fit_laws(points, FitOptions(convention=spec.convention, seed=spec.seed,
                                               draws=draws, approach3=False))

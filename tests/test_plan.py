@@ -33,6 +33,19 @@ def test_a_simulated_study_spends_and_fits_like_the_service():
     assert len(fixed.trials) == 4 * 7 and fixed.decisions == []
 
 
+def test_the_exponent_stop_agrees_with_the_interval_the_service_logs():
+    data = {**SPEC, "budgets": [1e17 * 2**k for k in range(10)],
+            "allocator": {**SPEC["allocator"], "exponent_tolerance": 0.05}}
+    spec = parse_spec(data)
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
+                         SURFACES["chinchilla"])
+    assert sim.decisions[-1].action == "stop" and "N_opt exponent" in sim.decisions[-1].reason
+    assert len({t.budget for t in sim.trials}) < 10  # it stopped before the last budgets
+    _, lo, hi = sim.exponent("n_opt")  # the final fit, as fit_and_log runs it
+    assert (hi - lo) / 2 <= 0.05
+    assert f"[{lo:.4f}, {hi:.4f}]" in sim.decisions[-1].reason
+
+
 def test_true_exponents():
     truth = true_exponents(SURFACES["paper"], [1e17, 6e18])
     assert truth["n_opt"] == pytest.approx(0.5681)
