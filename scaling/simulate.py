@@ -43,10 +43,13 @@ def simulate_run(surface: LossSurface, params: float, tokens: float, steps: int,
     if steps < 1 or reports < 1:
         raise ValueError(f"steps={steps} and reports={reports} must be at least 1")
     reports = min(reports, steps)
-    rng = np.random.default_rng(seed)
-    losses = surface.curve(params, tokens, reports, rng, noise)
+    # Independent streams for the final loss, the validation loss and the points before, so the
+    # final losses do not depend on how many reports a trial makes (a plan reports once).
+    final, held_out, before = (np.random.default_rng([seed, k]) for k in range(3))
+    losses = surface.curve(params, tokens, reports, before, noise)
+    losses[-1] = surface.noisy_loss(params, tokens, final, noise)
     at = np.round(np.arange(1, reports + 1) * steps / reports).astype(np.int64)
-    val = float(surface.noisy_loss(params, tokens, rng, noise))
+    val = float(surface.noisy_loss(params, tokens, held_out, noise))
     return SimulatedRun(steps=at, loss=losses, val_loss=val)
 
 

@@ -18,6 +18,9 @@ def test_a_run_is_reproducible_from_its_seed_and_follows_the_surface():
     assert list(a.steps) == list(range(100, 1001, 100))
     assert a.final_loss == pytest.approx(float(s.loss(1e8, 2e9)), rel=0.03)
     assert a.loss[0] > a.loss[-1]  # the curve falls as tokens accumulate
+    # The final and validation losses do not depend on how many reports the trial makes.
+    once = simulate_run(s, 1e8, 2e9, 1000, 1, 0.005, trial_seed(0, "k"))
+    assert (once.final_loss, once.val_loss) == (a.final_loss, a.val_loss)
     clean = simulate_run(s, 1e8, 2e9, 1000, 4, 0.0, 0)
     assert clean.final_loss == pytest.approx(float(s.loss(1e8, 2e9)), rel=1e-12)
 
