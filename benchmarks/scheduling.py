@@ -43,9 +43,10 @@ def study(out: str, trials: int, budgets: int, time_scale: float, name: str) -> 
                         for i in range(budgets)],
             "trainer": {"kind": "simulated", "surface": "paper", "batch_size": 256,
                         "time_scale": time_scale, "reports": 5},
+            # Costliest budgets first: their long trials would otherwise trail at the end.
             "allocator": {"kind": "adaptive", "prior": "paper", "spacing": 3.0,
-                          "tolerance": 0.01, "max_trials_per_budget": per_budget,
-                          "max_trials": trials},
+                          "order": "descending", "tolerance": 0.01,
+                          "max_trials_per_budget": per_budget, "max_trials": trials},
             "resources": {"gpus_per_trial": RULE}}
 
 

@@ -69,6 +69,14 @@ def test_first_budget_opens_around_the_prior_with_spaced_distinct_sizes(catalogu
     assert a.trial_of(nxt.key)[0] == 1e18
 
 
+def test_descending_order_opens_the_costliest_budget_first(catalogue):
+    lines = []
+    a = allocator(catalogue, lines, order="descending")
+    first = [a.suggest() for _ in range(4)]
+    assert [a.trial_of(p.key)[0] for p in first] == [1e18, 1e18, 1e18, 1e17]
+    assert lines[0].startswith("1e18: starting with")
+
+
 def test_an_edge_minimum_extends_outward(catalogue):
     lines = []
     a = allocator(catalogue, lines)
