@@ -165,6 +165,7 @@ class Budget:
     n_opt: float | None = None
     interval: tuple[float, float] | None = None
     last_decision: int | None = None
+    cap: int | None = None  # trials at most; None: allocator.max_trials_per_budget
 
     def count(self, state: str) -> int:
         return sum(p.state == state for p in self.points.values())
@@ -263,7 +264,8 @@ class Allocator:
         self._fits.clear()
 
     def reopen(self, budgets: list[float], tolerance: float | None = None) -> None:
-        """Refine these budgets (all when empty) to `tolerance`; the others stay as they are."""
+        """Refine these budgets (all when empty) to `tolerance`, each with room for
+        max_trials_per_budget more trials; the others stay as they are."""
         if tolerance is not None:
             self.tolerance = tolerance
         chosen = [float(c) for c in budgets] or list(self.budgets)
@@ -271,6 +273,8 @@ class Allocator:
             b = self.budgets[c]
             if c in chosen:
                 b.status = "open"
+                # A refined budget may add up to max_trials_per_budget trials to those it has.
+                b.cap = len(b.points) + self.a.max_trials_per_budget
                 if not b.points:
                     self._start(b)
                 else:
@@ -477,7 +481,7 @@ class Allocator:
         if self.stopped is not None:
             self._close(b, f"study stopped ({self.stopped})")
             return
-        cap = self.a.max_trials_per_budget
+        cap = b.cap or self.a.max_trials_per_budget
         h = half_width(b.interval) if fit is not None and not fit.refused else None
         if h is not None and h <= self.tolerance and fit.centred:
             self._close(b, f"N_opt {human(b.n_opt)}, interval +-{h:.0%} <= {self.tolerance:.0%} "

@@ -159,6 +159,24 @@ def test_per_budget_cap_and_nothing_is_ever_run_twice(catalogue):
     assert any("trial cap 7 reached" in d.reason for d in a.decisions)
 
 
+def test_refine_reuses_finished_trials_and_lifts_the_cap_of_chosen_budgets(catalogue):
+    spec = make_spec(max_trials_per_budget=4, tolerance=0.001, spacing=1.5)
+    a = Allocator(spec, catalogue, PRIOR)
+    rng = np.random.default_rng(1)
+    while (p := a.suggest()) not in (None, FINISHED):
+        budget, _ = a.trial_of(p.key)
+        a.complete(p.key, loss_at(p.params, PRIOR(budget)) * math.exp(0.01 * rng.normal()))
+    done = a.finished_points()
+    assert len(done) == 8  # both budgets at their cap of 4
+    again = Allocator(spec, catalogue, PRIOR)
+    again.seed([(c, p.index, p.loss) for c, p in done])
+    again.reopen([1e18], tolerance=0.05)
+    added = issue_all(again)
+    assert added and all(again.trial_of(p.key)[0] == 1e18 for p in added)
+    assert not {p.key for p in added} & {p.key for _, p in done}  # nothing run twice
+    assert again.budgets[1e17].status == "done" and len(again.budgets[1e17].points) == 4
+
+
 def test_failed_trials_are_not_retried_but_replaced(catalogue):
     a = allocator(catalogue)
     first = [a.suggest() for _ in range(3)]
