@@ -60,6 +60,9 @@ class TrainConfig:
     val_samples: int = 512
     seed: int = 0
     threads: int | None = None
+    # Fault injection for testing the service: the loss is made NaN at this step, so the
+    # divergence path (stop, report `diverged`, exclusion from the fit) runs for real.
+    nan_loss_at_step: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "report_every"):
@@ -229,6 +232,8 @@ def train(cfg: TrainConfig, report: Report,
         t = sample_timesteps(batch.image.shape[0], cfg.timestep_sampling, gen)
         eps = torch.randn(batch.image.shape, generator=gen)
         loss = flow_loss(net, batch.image, batch.text, batch.mask, t, eps).mean()
+        if cfg.nan_loss_at_step is not None and state.step + 1 >= cfg.nan_loss_at_step:
+            loss = loss * float("nan")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

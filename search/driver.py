@@ -6,6 +6,7 @@ MLflow store, or on a cluster's head node when submitted as a Ray job.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -17,15 +18,16 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune import Callback
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
 from scaling.model import DiTConfig, ModelShape
 from search.grid import GridSearcher, fixed_grid
 from search.progress import StudyProgress
-from search.results import fit_and_log
+from search.results import RunsTableWriter, fit_and_log
 from search.spec import StudySpec, spec_to_toml_dict
-from search.tracking import Tracking
-from search.trial import StudyContext, run_trial
+from search.tracking import STATUS, Tracking, TrackingError
+from search.trial import StorageFullError, StudyContext, run_trial, storage_full
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -115,48 +117,204 @@ def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int
     return max(1, k), trial_resources
 
 
+SPEC_TAG = "dit.spec"  # the resolved spec as JSON: what `resume` needs to continue the study
+EXPERIMENT_TAG = "dit.tune_experiment"  # the Tune experiment path (local path or URI)
+
+
+class StudyStopped(RuntimeError):
+    """The study stopped before every trial ran (e.g. storage full); it can be resumed."""
+
+
+class StorageGuard(Callback):
+    """Stops the whole study at the first trial that failed because the storage is full.
+
+    Retrying would only fail again and later trials would fill nothing but error files. Raising
+    from the callback ends `Tuner.fit` the way a crash would, so the experiment state keeps the
+    unfinished trials as unfinished and `dit-scaling resume` continues them from their last
+    checkpoints once space is freed.
+    """
+
+    def __init__(self, storage: str, study: str):
+        self.storage, self.study = storage, study
+
+    def _check(self, trial) -> None:
+        text = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file, errors="replace") as f:
+                text = f.read()
+        if "No space left on device" in text or "StorageFullError" in text:
+            raise StorageFullError(errno.ENOSPC, f"storage {self.storage} is full (No space left "
+                                   f"on device): free space there, then continue the study with "
+                                   f"`dit-scaling resume --study {self.study}`")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+
+def resolved_spec(spec: StudySpec) -> StudySpec:
+    """The spec with every location made absolute, so the study can be resumed from anywhere."""
+    data = spec.model_dump(mode="json")
+    data["output_dir"] = str(spec.output_path)
+    data["tracking"] = {"uri": spec.tracking_uri, "artifact_root": spec.artifact_root}
+    data["storage"] = {"path": spec.storage_path}
+    if spec.data.path:
+        data["data"]["path"] = str(spec.data_path)
+    return StudySpec.model_validate(data)
+
+
+def experiment_path(spec: StudySpec, study_run_id: str) -> str:
+    return f"{spec.storage_path.rstrip('/')}/{spec.name}-{study_run_id[:8]}"
+
+
+@dataclass
+class _Study:
+    """What a fresh run and a resumed one share once the study run exists."""
+
+    spec: StudySpec
+    tracking: Tracking
+    study_run_id: str
+    info: DatasetInfo
+    template: DiTConfig
+    planned: int | None
+
+
 def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> StudyOutcome:
-    """Run every trial of the study on Ray, track it in MLflow and fit the laws."""
-    out = out or (lambda line: print(line, file=sys.stdout, flush=True))
+    """Run every trial of the study on Ray, track it in MLflow and fit the laws.
+
+    The tracking store is checked before any compute, so wrong credentials or an unreachable
+    server fail in seconds with one line.
+    """
+    out = out or _print
     t0 = time.monotonic()
+    spec = resolved_spec(spec)
+    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
+    tracking.check_access()
     info = prepare_data(spec, out)
     template = model_template(spec, info)
     trials = fixed_grid(spec, template)
 
-    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
     study_run_id = tracking.start_study_run(spec.name, _flat_params(spec_to_toml_dict(spec)))
+    path = experiment_path(spec, study_run_id)
+    tracking.set_tags(study_run_id, {SPEC_TAG: spec.model_dump_json(exclude_none=True),
+                                     EXPERIMENT_TAG: path, "dit.planned_trials": len(trials)})
+    study = _Study(spec, tracking, study_run_id, info, template, len(trials))
     connect_ray(spec)
     k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
     out(f"study {spec.name}: {len(trials)} trials over {len(spec.budgets)} budgets "
         f"(C = {spec.convention}, a multiply-add = 2 FLOPs), {k} at a time")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
-
-    ctx = StudyContext(study=spec.name, study_run_id=study_run_id, tracking_uri=spec.tracking_uri,
-                       storage_path=spec.storage_path, spec=spec.model_dump(mode="json"),
-                       template=template, train_urls=tuple(info.urls("train")),
-                       val_urls=tuple(info.urls("val")))
     progress = StudyProgress(len(trials), spec.metric, out)
+    progress.tracking_uri = spec.tracking_uri
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources),
+        _trainable(study, trial_resources),
         tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
                                     max_concurrent_trials=k),
-        run_config=tune.RunConfig(name=f"{spec.name}-{study_run_id[:8]}",
-                                  storage_path=spec.storage_path, verbose=0,
-                                  callbacks=[progress],
+        run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=spec.storage_path,
+                                  verbose=0,
+                                  callbacks=[progress, StorageGuard(spec.storage_path, spec.name),
+                                             RunsTableWriter(spec, path)],
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    tuner.fit()
-    out(progress.startup_summary())
+    return _fit(study, tuner, out, t0)
 
+
+def resume_study(study_name: str, tracking_uri: str,
+                 out: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Continue a study whose driver died or stopped: `Tuner.restore` from the same storage.
+
+    Finished trials are not rerun (Tune's experiment state, and MLflow's record of each trial
+    for those Tune had not yet recorded); unfinished and errored trials resume from their last
+    checkpoints; the searcher (the allocator) continues from its saved state; trial runs are found
+    again by their `dit.trial_key` tag, and the same study run carries on.
+    """
+    out = out or _print
+    t0 = time.monotonic()
+    tracking = Tracking(tracking_uri)
+    tracking.check_access()
+    run = tracking.latest_study_run(study_name)
+    if SPEC_TAG not in run.data.tags:
+        raise TrackingError(f"study {study_name!r}: study run {run.info.run_id} in MLflow at "
+                            f"{tracking_uri} has no {SPEC_TAG} tag, so it cannot be resumed")
+    spec = StudySpec.model_validate_json(run.data.tags[SPEC_TAG])
+    study_run_id = run.info.run_id
+    path = run.data.tags.get(EXPERIMENT_TAG) or experiment_path(spec, study_run_id)
+    tracking = Tracking(spec.tracking_uri if spec.tracking.uri else tracking_uri,
+                        spec.artifact_root)
+    info = prepare_data(spec, out)
+    template = model_template(spec, info)
+    planned = run.data.tags.get("dit.planned_trials")
+    study = _Study(spec, tracking, study_run_id, info, template,
+                   int(planned) if planned else None)
+    connect_ray(spec)
+    if not tune.Tuner.can_restore(path):
+        raise StudyStopped(f"study {study_name}: no Tune experiment state at {path} (the "
+                           "study's storage); it cannot be resumed from there")
+    tracking.reopen(study_run_id)
+    out(f"study {spec.name}: resuming study run {study_run_id} from {path}")
+    _, trial_resources = trial_concurrency(spec, ray.cluster_resources())
+    tuner = tune.Tuner.restore(path, trainable=_trainable(study, trial_resources),
+                               resume_unfinished=True, resume_errored=True)
+    return _fit(study, tuner, out, t0)
+
+
+def _trainable(study: _Study, trial_resources: dict):
+    spec = study.spec
+    ctx = StudyContext(study=spec.name, study_run_id=study.study_run_id,
+                       tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
+                       spec=spec.model_dump(mode="json"), template=study.template,
+                       train_urls=tuple(study.info.urls("train")),
+                       val_urls=tuple(study.info.urls("val")))
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
+
+
+def _fit(study: _Study, tuner: tune.Tuner, out: Callable[[str], None],
+         t0: float) -> StudyOutcome:
+    spec, tracking, study_run_id = study.spec, study.tracking, study.study_run_id
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    try:
+        results = tuner.fit()
+    except Exception as err:
+        if storage_full(err):
+            message = _storage_line(err, spec)
+            tracking.set_tags(study_run_id, {STATUS: "stopped", "dit.error": message[:5000]})
+            raise StudyStopped(message) from None
+        raise
+    progress = next((c for c in _callbacks(tuner) if isinstance(c, StudyProgress)), None)
+    if progress is not None:
+        out(progress.startup_summary())
     laws_text, figures = fit_and_log(tracking, spec, study_run_id, out)
-    startup = progress.startup_seconds()
+    startup = progress.startup_seconds() if progress is not None else []
     if startup:
         median = sorted(startup)[len(startup) // 2]
         tracking.log_metrics(study_run_id, {"trial_startup_s_median": median})
+    errors = sum(1 for r in results if r.error is not None)
+    finished = len(results) - errors
     tracking.set_status(study_run_id, "finished")
-    return StudyOutcome(study_run_id, progress.done, progress.failed, laws_text, figures, startup,
+    return StudyOutcome(study_run_id, finished, errors, laws_text, figures, startup,
                         time.monotonic() - t0)
+
+
+def _callbacks(tuner: tune.Tuner) -> list:
+    # The callbacks Tune runs: the ones given to a fresh Tuner, or their restored copies.
+    internal = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(internal, "_run_config", None)
+    return list(getattr(run_config, "callbacks", None) or [])
+
+
+def _storage_line(err: BaseException, spec: StudySpec) -> str:
+    while err is not None:
+        if isinstance(err, StorageFullError):
+            return err.strerror or str(err)
+        err = err.__cause__ or err.__context__
+    return (f"storage {spec.storage_path} is full (No space left on device): free space there, "
+            f"then continue the study with `dit-scaling resume --study {spec.name}`")
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 def _flat_params(data: dict, prefix: str = "") -> dict[str, str]:
