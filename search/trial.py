@@ -136,11 +136,7 @@ def _worker_loop(config: dict) -> None:
                        "dit.hostname": socket.gethostname()})
 
     def report(metrics: dict[str, float], checkpoint_dir) -> None:
-        extra = {}
-        if sink is not None:
-            sink.log(metrics, step=int(metrics["step"]))
-            if sink.failing:
-                extra["mlflow_pending"] = float(sink.pending)
+        extra = {"mlflow_pending": float(sink.pending)} if sink is not None and sink.failing else {}
         ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
             ray.train.report({**metrics, **extra}, checkpoint=ckpt)
@@ -149,6 +145,10 @@ def _worker_loop(config: dict) -> None:
                 raise StorageFullError(errno.ENOSPC, _storage_message(
                     config["storage_path"], config["study"], err)) from err
             raise
+        # Logged once Train has the report (and its checkpoint): a report whose checkpoint could
+        # not be stored is trained again, and logged then.
+        if sink is not None:
+            sink.log(metrics, step=int(metrics["step"]))
 
     try:
         if checkpoint is not None:

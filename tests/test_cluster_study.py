@@ -244,8 +244,12 @@ def faulty(services, tiny_data, tmp_path_factory):
     job = submission_id(submit_out)
     storage = out / "ray"
 
-    # 1. Kill the worker node of the first trial that has written a checkpoint.
-    first = wait_until(lambda: checkpoints(storage), 300, "a first checkpoint", poll=0.1)[0]
+    # 1. Kill the worker node of the first long trial (25k or 66k parameters: 198 to 1016 steps)
+    #    that has written a checkpoint (at step 100).
+    def long_trial_checkpoints():
+        return [c for c in checkpoints(storage) if c.parent.name.endswith(("d1w24h1", "d1w48h1"))]
+
+    first = wait_until(long_trial_checkpoints, 300, "a first checkpoint", poll=0.1)[0]
     key = first.parent.name.split("-", 2)[-1]  # Train run name: STUDY-RUNID8-TRIALKEY
     run = wait_until(lambda: tracking.client.search_runs(
         [tracking.experiment_id("faulty")], f"tags.`{TRIAL_KEY}` = '{key}'"), 30, "trial run")[0]
@@ -320,9 +324,14 @@ def test_diverged_trial_is_marked_excluded_and_named(faulty, services, capsys):
     laws = json.loads(cli(capsys, "laws", "--study", "faulty", "--tracking-uri",
                           services.mlflow.url, "--json")[1])
     assert all(NAN_TRIAL not in json.dumps(b) for b in laws["approach2"]["budgets"])
-    # the laws are those of the 7 finished trials, refitted offline from the runs table
+    # the runs table holds the 7 finished trials: the one the driver wrote beside the study run,
+    # and the copy in the study's storage, rewritten as each trial finished; `fit` reads it offline
     table = read_runs(faulty.out / "studies" / "faulty" / "runs.parquet")
     assert len(table) == 7 and NAN_TRIAL not in {p.trial for p in table}
+    (stored,) = (faulty.out / "ray").glob("faulty-*/runs.parquet")
+    assert {p.trial for p in read_runs(stored)} == {p.trial for p in table}
+    code, text, _ = cli(capsys, "fit", str(stored))
+    assert code == 0 and "N_opt" in text
 
 
 def test_corrupt_and_missing_shards_are_skipped_and_counted(faulty, services):
