@@ -7,10 +7,12 @@ MLflow store, or on a cluster's head node when submitted as a Ray job.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +62,30 @@ def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
                                      train_samples=d.train_samples, val_samples=d.val_samples,
                                      ood_samples=d.ood_samples,
                                      samples_per_shard=d.samples_per_shard, seed=spec.seed)
+    if spec.data.path and "://" in spec.data.path:
+        return load_remote_dataset(spec.data.path)
     return DatasetInfo.load(spec.data_path)
+
+
+def load_remote_dataset(uri: str) -> DatasetInfo:
+    """A dataset under a pyarrow.fs URI (s3://, gs://, file://...): its `dataset.json` is read
+    through pyarrow.fs and every shard becomes an absolute URL, which the trial workers read
+    through the pyarrow schemes registered in webdataset (`register_pyarrow_schemes`)."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    try:
+        with filesystem.open_input_stream(f"{path.rstrip('/')}/dataset.json") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{uri.rstrip('/')}/dataset.json: cannot be read ({err})") from None
+    for split in data.get("splits", {}).values():
+        for shard in split.get("shards", []):
+            if "://" not in shard["name"]:
+                shard["name"] = f"{uri.rstrip('/')}/{shard['name']}"
+    local = Path(tempfile.mkdtemp(prefix="dit-dataset-"))
+    (local / "dataset.json").write_text(json.dumps(data))
+    return DatasetInfo.load(local)
 
 
 def model_template(spec: StudySpec, info: DatasetInfo) -> DiTConfig:
@@ -160,7 +185,7 @@ def resolved_spec(spec: StudySpec) -> StudySpec:
     data["output_dir"] = str(spec.output_path)
     data["tracking"] = {"uri": spec.tracking_uri, "artifact_root": spec.artifact_root}
     data["storage"] = {"path": spec.storage_path}
-    if spec.data.path:
+    if spec.data.path and "://" not in spec.data.path:
         data["data"]["path"] = str(spec.data_path)
     return StudySpec.model_validate(data)
 

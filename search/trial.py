@@ -26,6 +26,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from scaling.data import register_pyarrow_schemes
 from scaling.model import DiTConfig
 from scaling.train import TrainConfig, load_checkpoint, train
 from search.grid import TrialSpec, plan
@@ -128,6 +129,7 @@ def _worker_loop(config: dict) -> None:
     `resumed_from_step`, and the node it runs on is tagged `dit.node`.
     """
     cfg: TrainConfig = config["train"]
+    register_pyarrow_schemes()  # shards under s3://, gs://, ... are read through pyarrow.fs
     rank = ray.train.get_context().get_world_rank()
     sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()

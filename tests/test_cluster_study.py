@@ -4,9 +4,9 @@ real MLflow server (basic-auth, PostgreSQL backend), through the fault matrix.
 One module-scoped set of services serves every test. Two tiny real studies run on it:
 - `faulty`: corrupt and missing shards, a trial whose loss goes NaN, the worker node of a running
   trial killed (SIGKILL of the whole node) and the MLflow server stopped for 60 s;
-- `resumed`: storage on a tiny tmpfs that fills up (the job stops with a clear error, space is
-  freed, `dit-scaling resume` continues), then the resumed driver is SIGKILLed mid-study and
-  resumed again.
+- `resumed`: storage (a file:// URI, used through pyarrow.fs) on a tiny tmpfs that fills up (the
+  job stops with a clear error, space is freed, `dit-scaling resume` continues), then the resumed
+  driver is SIGKILLed mid-study and resumed again.
 Each ends with laws in MLflow and nothing lost. The preflight tests check that every bad input is
 refused with one line before any job is submitted.
 """
@@ -407,7 +407,7 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
                       services.mlflow.url, "[1e10, 2e10]",
                       extra=f"""
                           [storage]
-                          path = "{tmpfs}"
+                          path = "{tmpfs.as_uri()}"
                       """)
     address, uri = services.cluster.address, services.mlflow.url
     def submit(*args) -> str:
@@ -450,7 +450,7 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
 def test_full_storage_stops_the_study_with_a_clear_error(resumed, tmpfs):
     assert resumed.first.status.value == "FAILED"
     line = next(x for x in resumed.first_logs.splitlines() if x.startswith("dit-scaling run:"))
-    assert f"storage {tmpfs} is full" in line
+    assert f"storage {tmpfs.as_uri()} is full" in line  # storage given as a pyarrow.fs URI
     assert "dit-scaling resume --study resumed" in line
 
 

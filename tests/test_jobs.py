@@ -86,3 +86,16 @@ def test_a_nan_loss_stops_training_as_diverged(tiny_data):
     final = train(cfg, lambda m, c: reports.append(m))
     assert final["diverged"] == 1 and final["step"] == 7
     assert reports[-1]["diverged"] == 1 and [r["step"] for r in reports] == [5, 7]
+
+
+def test_a_dataset_under_a_pyarrow_uri_is_read_by_url(tiny_data):
+    from scaling.data import train_batches
+    from search.driver import load_remote_dataset
+
+    info = load_remote_dataset(tiny_data.root.as_uri())
+    urls = info.urls("train")
+    assert urls[0] == f"{tiny_data.root.as_uri()}/train-000000.tar"
+    batch = next(train_batches(urls, 4, seed=0))
+    assert batch.image.shape[0] == 4
+    with pytest.raises(FileNotFoundError, match="dataset.json: cannot be read"):
+        load_remote_dataset(tiny_data.root.parent.as_uri() + "/nothing-here")
