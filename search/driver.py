@@ -233,16 +233,21 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
     progress = StudyProgress(len(trials), spec.metric, out)
     progress.tracking_uri = spec.tracking_uri
-    tuner = tune.Tuner(
-        _trainable(study, trial_resources),
-        tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
-                                    max_concurrent_trials=k),
-        run_config=tune.RunConfig(name=path.rsplit("/", 1)[1], storage_path=spec.storage_path,
-                                  verbose=0,
-                                  callbacks=[progress, StorageGuard(spec.storage_path, spec.name),
-                                             RunsTableWriter(spec, path)],
-                                  failure_config=tune.FailureConfig(max_failures=1)),
-    )
+    try:  # the Tuner writes its state into the storage at once
+        tuner = tune.Tuner(
+            _trainable(study, trial_resources),
+            tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
+                                        max_concurrent_trials=k),
+            run_config=tune.RunConfig(
+                name=path.rsplit("/", 1)[1], storage_path=spec.storage_path, verbose=0,
+                callbacks=[progress, StorageGuard(spec.storage_path, spec.name),
+                           RunsTableWriter(spec, path)],
+                failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    except OSError as err:
+        if storage_full(err):
+            raise StudyStopped(_storage_line(err, spec)) from None
+        raise
     return _fit(study, tuner, out, t0)
 
 
