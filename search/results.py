@@ -70,8 +70,9 @@ class RunsTableWriter(Callback):
             write_runs(points, self.local)
             _copy_to_storage(self.local, self.remote)
         except OSError as err:
-            if err.errno == errno.ENOSPC:
-                from search.trial import StorageFullError
+            from search.trial import StorageFullError, storage_full
+
+            if storage_full(err):
 
                 raise StorageFullError(errno.ENOSPC, f"storage is full writing {RUNS_FILE}: "
                                                      f"{err}") from err

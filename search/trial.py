@@ -142,8 +142,8 @@ def _worker_loop(config: dict) -> None:
         ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
             ray.train.report({**metrics, **extra}, checkpoint=ckpt)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
+        except OSError as err:  # pyarrow's copy may leave errno unset; its text says ENOSPC
+            if storage_full(err):
                 raise StorageFullError(errno.ENOSPC, _storage_message(
                     config["storage_path"], config["study"], err)) from err
             raise
