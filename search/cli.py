@@ -47,6 +47,9 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec)
     if args.output_dir:
         spec = spec.model_copy(update={"output_dir": args.output_dir})
+    if args.tracking_uri:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+            update={"uri": args.tracking_uri})})
     return _report(run_study(spec), spec.name)
 
 
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a study from its spec")
     r.add_argument("spec", help="study spec (TOML)")
     r.add_argument("--output-dir", help="override the spec's output_dir")
+    r.add_argument("--tracking-uri", help="override the spec's [tracking] uri")
     r.set_defaults(func=cmd_run)
 
     address_help = "the Ray head node's dashboard URL, e.g. http://HEAD:8265"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 import time
@@ -144,7 +145,9 @@ def submit_study(spec_path: str | Path, address: str, output_dir: str | None = N
         shutil.copyfile(spec_path, Path(tmp) / SPEC_NAME)
         entrypoint = f"python -m search.cli run {SPEC_NAME}"
         if output_dir:
-            entrypoint += f" --output-dir {output_dir}"
+            entrypoint += f" --output-dir {shlex.quote(output_dir)}"
+        if not spec.tracking.uri:
+            entrypoint += f" --tracking-uri {shlex.quote(uri)}"
         client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                           runtime_env=_runtime_env(Path(tmp), _job_env(uri)),
                           metadata={"dit.study": spec.name, "dit.tracking_uri": uri})
