@@ -163,7 +163,7 @@ def submit_resume(study: str, tracking_uri: str, address: str) -> Submission:
     tracking.check_access()
     tracking.latest_study_run(study)  # the study must exist before anything runs
     submission_id = f"dit-{study}-resume-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    client.submit_job(entrypoint=f"python -m search.cli resume --study {study}",
+    client.submit_job(entrypoint=f"python -m search.cli resume --study {shlex.quote(study)}",
                       submission_id=submission_id,
                       runtime_env=_runtime_env(None, _job_env(tracking_uri)),
                       metadata={"dit.study": study, "dit.tracking_uri": tracking_uri})
