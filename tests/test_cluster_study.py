@@ -39,7 +39,8 @@ pytestmark = pytest.mark.slow
 
 FAULTY_BUDGETS = "[2e10, 4e10]"
 SIZES = "[2.5e4, 6.6e4, 1.2e5, 2.2e5]"
-NAN_TRIAL, NAN_STEP = "C2e10-d1w24h1", 300
+# the largest model at the smaller budget: the others still bracket that budget's optimum
+NAN_TRIAL, NAN_STEP = "C2e10-d2w80h1", 40
 OUTAGE_TRIAL = "C4e10-d1w24h1"
 OUTAGE_S = 60.0
 
@@ -88,7 +89,7 @@ def write_spec(path: Path, name: str, out: Path, data: Path, uri: str, budgets: 
     path.write_text(textwrap.dedent(f"""
         name = "{name}"
         budgets = {budgets}
-        metric = "loss_ema"
+        metric = "val_loss"
         output_dir = "{out}"
         [model]
         sizes = {SIZES}
@@ -97,7 +98,7 @@ def write_spec(path: Path, name: str, out: Path, data: Path, uri: str, budgets: 
         path = "{data}"
         [trainer]
         batch_size = 16
-        val_samples = 64
+        val_samples = 128
         report_every = 20
         checkpoint_every = 100
         [resources]
@@ -404,7 +405,7 @@ class Resumed:
 def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
     root = tmp_path_factory.mktemp("resumed")
     spec = write_spec(root / "resumed.toml", "resumed", root / "out", tiny_data.root,
-                      services.mlflow.url, "[1e10, 2e10]",
+                      services.mlflow.url, FAULTY_BUDGETS,
                       extra=f"""
                           [storage]
                           path = "{tmpfs.as_uri()}"
