@@ -68,7 +68,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dit-submit-bench-"))
     data = write_builtin_dataset(work / "data", image_size=16, train_samples=512,
                                  val_samples=128, ood_samples=0, samples_per_shard=128, seed=0)
-    postgres, cluster, server = Postgres(), RayCluster(work / "ray"), None
+    postgres, cluster, server = Postgres(), RayCluster(), None
     try:
         postgres.start()
         server = MlflowServer(work / "mlflow", postgres.create_database("mlflow"),

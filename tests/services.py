@@ -91,9 +91,9 @@ def _http(url: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[
 class RayCluster:
     """A Ray cluster of `ray start` nodes on this machine, token auth on, dashboard on 127.0.0.1."""
 
-    def __init__(self, root: Path, object_store_bytes: int = 80_000_000):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, object_store_bytes: int = 80_000_000):
+        # A short folder right under /tmp: Ray's socket paths must stay under 107 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="dit-ray-"))
         self.token = secrets.token_hex(32)
         self.token_path = self.root / "auth_token"
         self.token_path.write_text(self.token)
@@ -187,6 +187,7 @@ class RayCluster:
         for name in [n for n in self.nodes if n != "head"] + ["head"]:
             if name in self.nodes:
                 stop_group(self.nodes.pop(name), grace=3.0)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------------------------

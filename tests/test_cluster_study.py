@@ -58,7 +58,7 @@ class Services:
 def services(tmp_path_factory):
     root = tmp_path_factory.mktemp("services")
     postgres = Postgres()
-    cluster = RayCluster(root / "ray")
+    cluster = RayCluster()
     server = None
     try:
         postgres.start()
