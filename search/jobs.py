@@ -72,9 +72,9 @@ def job_client(address: str):
         client = JobSubmissionClient(address, headers=headers)
         client.list_jobs()  # an authenticated call: the version check alone is not
     except AuthenticationError as err:
-        if "401" in str(err) or "required" in str(err).lower():
-            raise JobError(f"the Ray cluster at {address} requires a token and {source} was "
-                           "given: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+        if str(err).startswith("Authentication required"):  # HTTP 401: no token sent
+            raise JobError(f"the Ray cluster at {address} requires a token ({source}): set "
+                           "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
         raise JobError(f"the Ray cluster at {address} rejected the token from {source} "
                        "(HTTP 403): use that cluster's token") from None
     except ConnectionError:
