@@ -211,6 +211,7 @@ class Faulty:
     killed_node_id: str
     killed_trial: str
     outage: tuple[float, float]  # wall-clock seconds (epoch) the server was down
+    status_mid: str  # `dit-scaling status` while the study ran
     events: list[str] = field(default_factory=list)
 
 
@@ -259,6 +260,9 @@ def faulty(services, tiny_data, tmp_path_factory):
     node = services.cluster.name_of(node_id)
     services.cluster.kill_node(node)
     events.append(f"killed {node} running {key} after {first.name}")
+    status = io.StringIO()
+    with redirect_stdout(status):  # `status` answers from MLflow while the study runs
+        main(["status", "--study", "faulty", "--tracking-uri", uri])
 
     # 2. Stop the tracking server for 60 s while the longest trial trains.
     outage_dir = f"faulty-{run.data.tags['mlflow.parentRunId'][:8]}-{OUTAGE_TRIAL}"
@@ -275,7 +279,7 @@ def faulty(services, tiny_data, tmp_path_factory):
     logs = job_client(address).get_job_logs(job)
     services.cluster.add_node("node_c", num_cpus=1)  # back to two worker nodes
     return Faulty("faulty", out, submit_out, job, info.status.value, logs, node, node_id, key,
-                  (down, up), events)
+                  (down, up), status.getvalue(), events)
 
 
 def test_submit_prints_the_submission_id_and_study(faulty, services):
@@ -363,6 +367,12 @@ def test_tracking_outage_buffers_metrics_and_delivers_all(faulty, services):
         assert stored == logged, (r.data.tags[TRIAL_KEY], stored, logged)
         checked += 1
     assert checked >= 6
+
+
+def test_status_answers_while_the_study_runs(faulty):
+    assert faulty.status_mid.startswith("study faulty: running")
+    assert f"{faulty.killed_trial}: running at step" in faulty.status_mid
+    assert "of 8 planned" in faulty.status_mid and "laws: not yet fitted" in faulty.status_mid
 
 
 def test_jobs_status_and_logs(faulty, services, capsys):
