@@ -102,6 +102,7 @@ class RayCluster:
         self.dashboard_port = free_port()
         self.object_store = object_store_bytes
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.node_ids: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -117,6 +118,8 @@ class RayCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
         env.update(PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token",
                    RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_USAGE_STATS_ENABLED="0",
+                   # a trial starts ~4 processes at once; one-CPU nodes would start them in turn
+                   RAY_worker_maximum_startup_concurrency="4",
                    PYTHONPATH=str(ROOT))
         env.update(extra)
         return env
@@ -137,12 +140,14 @@ class RayCluster:
                              "--ray-client-server-port", str(free_port()),
                              "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)])
         wait_until(lambda: self.alive_nodes(), 90, "Ray head node")
+        self.node_ids["head"] = self.node_id("head")
 
     def add_node(self, name: str, num_cpus: int, resources: dict[str, float] | None = None) -> None:
         before = len(self.alive_nodes())
         self._start(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
                            "--resources", json.dumps({name: 1, **(resources or {})})])
         wait_until(lambda: len(self.alive_nodes()) > before, 90, f"Ray node {name}")
+        self.node_ids[name] = self.node_id(name)
 
     def alive_nodes(self) -> list[dict]:
         status, body = _http(f"{self.address}/api/v0/nodes?detail=1",
@@ -170,10 +175,9 @@ class RayCluster:
         raise LookupError(f"no raylet found for node {name}")
 
     def name_of(self, node_id: str) -> str:
-        for name in self.nodes:
-            with contextlib.suppress(LookupError):
-                if self.node_id(name) == node_id:
-                    return name
+        for name, known in self.node_ids.items():
+            if known == node_id and name in self.nodes:
+                return name
         raise LookupError(f"node {node_id} is not one of {sorted(self.nodes)}")
 
     def kill_node(self, name: str) -> None:

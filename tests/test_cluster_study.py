@@ -246,10 +246,10 @@ def faulty(services, tiny_data, tmp_path_factory):
     job = submission_id(submit_out)
     storage = out / "ray"
 
-    # 1. Kill the worker node of the first long trial (25k or 66k parameters: 198 to 1016 steps)
-    #    that has written a checkpoint (at step 100).
+    # 1. Kill the worker node of the first long trial (25k parameters: 508 or 1016 steps, seconds
+    #    of training left) that has written a checkpoint (at step 100).
     def long_trial_checkpoints():
-        return [c for c in checkpoints(storage) if c.parent.name.endswith(("d1w24h1", "d1w48h1"))]
+        return [c for c in checkpoints(storage) if c.parent.name.endswith("d1w24h1")]
 
     first = wait_until(long_trial_checkpoints, 300, "a first checkpoint", poll=0.1)[0]
     key = first.parent.name.split("-", 2)[-1]  # Train run name: STUDY-RUNID8-TRIALKEY
