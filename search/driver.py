@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune import Callback
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
@@ -231,15 +231,21 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     out(f"study {spec.name}: {len(trials)} trials over {len(spec.budgets)} budgets "
         f"(C = {spec.convention}, a multiply-add = 2 FLOPs), {k} at a time")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
+    return _fit(study, _new_tuner(study, trials, path, k, trial_resources, out), out, t0)
+
+
+def _new_tuner(study: _Study, trials: list, path: str, k: int, trial_resources: dict,
+               out: Callable[[str], None]) -> tune.Tuner:
+    spec = study.spec
     progress = StudyProgress(len(trials), spec.metric, out)
     progress.tracking_uri = spec.tracking_uri
     try:  # the Tuner writes its state into the storage at once
-        tuner = tune.Tuner(
+        return tune.Tuner(
             _trainable(study, trial_resources),
             tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
                                         max_concurrent_trials=k),
             run_config=tune.RunConfig(
-                name=path.rsplit("/", 1)[1], storage_path=spec.storage_path, verbose=0,
+                name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0], verbose=0,
                 callbacks=[progress, StorageGuard(spec.storage_path, spec.name),
                            RunsTableWriter(spec, path)],
                 failure_config=tune.FailureConfig(max_failures=1)),
@@ -248,7 +254,28 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
         if storage_full(err):
             raise StudyStopped(_storage_line(err, spec)) from None
         raise
-    return _fit(study, tuner, out, t0)
+
+
+def unreadable_state(path: str) -> str | None:
+    """Why Tune could not restore the experiment at `path` (None if it can): missing, or state
+    files cut short, e.g. by a disk that filled up while Tune was saving them."""
+    from pyarrow import fs as pafs
+
+    if not tune.Tuner.can_restore(path):
+        return "no Tune experiment state there"
+    filesystem, root = pafs.FileSystem.from_uri(path if "://" in path else str(Path(path)))
+    infos = filesystem.get_file_info(pafs.FileSelector(root))
+    for prefix, load in (("experiment_state-", json.loads), ("searcher-state-", cloudpickle.loads),
+                         ("search_gen_state-", json.loads)):
+        files = sorted(i.path for i in infos if i.base_name.startswith(prefix))
+        if not files:
+            continue
+        try:
+            with filesystem.open_input_stream(files[-1]) as f:
+                load(f.read())
+        except Exception as err:
+            return f"{files[-1].rsplit('/', 1)[-1]} is unreadable ({type(err).__name__})"
+    return None
 
 
 def resume_study(study_name: str, tracking_uri: str,
@@ -279,15 +306,23 @@ def resume_study(study_name: str, tracking_uri: str,
     study = _Study(spec, tracking, study_run_id, info, template,
                    int(planned) if planned else None)
     connect_ray(spec)
-    if not tune.Tuner.can_restore(path):
-        raise StudyStopped(f"study {study_name}: no Tune experiment state at {path} (the "
-                           "study's storage); it cannot be resumed from there")
+    k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
     tracking.reopen(study_run_id)
-    out(f"study {spec.name}: resuming study run {study_run_id} from {path}")
-    _, trial_resources = trial_concurrency(spec, ray.cluster_resources())
-    tuner = tune.Tuner.restore(path, trainable=_trainable(study, trial_resources),
-                               resume_unfinished=True, resume_errored=True)
-    return _fit(study, tuner, out, t0)
+    problem = unreadable_state(path)
+    if problem is None:
+        out(f"study {spec.name}: resuming study run {study_run_id} from {path}")
+        tuner = tune.Tuner.restore(path, trainable=_trainable(study, trial_resources),
+                                   resume_unfinished=True, resume_errored=True)
+        return _fit(study, tuner, out, t0)
+    # Without Tune's state the study still resumes: the grid follows from the spec, MLflow knows
+    # which trials finished (they report their record instead of training) and each unfinished
+    # trial's Train run, named by study run and trial, continues from its last checkpoint.
+    trials = fixed_grid(spec, template)
+    fresh = f"{experiment_path(spec, study_run_id)}-r{time.strftime('%Y%m%d%H%M%S')}"
+    tracking.set_tags(study_run_id, {EXPERIMENT_TAG: fresh})
+    out(f"study {spec.name}: Tune's state at {path} cannot be restored ({problem}); resuming "
+        f"study run {study_run_id} from MLflow and the trials' checkpoints in {fresh}")
+    return _fit(study, _new_tuner(study, trials, fresh, k, trial_resources, out), out, t0)
 
 
 def _trainable(study: _Study, trial_resources: dict):
