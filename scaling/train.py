@@ -25,9 +25,10 @@ import torch.distributed as dist
 from torch import nn
 
 from scaling.data import DataStats, eval_batches, train_batches
+from scaling.evaluate import EvalConfig, evaluate
 from scaling.flops import forward_flops
 from scaling.model import DiT, DiTConfig, parameter_count
-from scaling.objective import TimestepSampling, flow_loss, sample_timesteps
+from scaling.objective import TimestepSampling, drop_captions, flow_loss, sample_timesteps
 from scaling.schedule import LRSchedule, Schedule
 
 Report = Callable[[dict[str, float], "Path | None"], None]
@@ -60,6 +61,8 @@ class TrainConfig:
     val_samples: int = 512
     seed: int = 0
     threads: int | None = None
+    caption_dropout: float = 0.0  # fraction of samples trained without caption (for CFG)
+    eval: EvalConfig | None = None  # end-of-trial evaluation beyond the validation loss
     # Fault injection for testing the service: the loss is made NaN at this step, so the
     # divergence path (stop, report `diverged`, exclusion from the fit) runs for real.
     nan_loss_at_step: int | None = None
@@ -72,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"ema_alpha={self.ema_alpha} is not in [0, 1)")
         if not self.train_urls:
             raise ValueError("train_urls is empty: a trial needs training shards")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout={self.caption_dropout} is not in [0, 1)")
 
 
 @dataclass
@@ -231,7 +236,8 @@ def train(cfg: TrainConfig, report: Report,
         gen = _step_generator(cfg.seed, rank, state.step)
         t = sample_timesteps(batch.image.shape[0], cfg.timestep_sampling, gen)
         eps = torch.randn(batch.image.shape, generator=gen)
-        loss = flow_loss(net, batch.image, batch.text, batch.mask, t, eps).mean()
+        mask = drop_captions(batch.mask, cfg.caption_dropout, gen)
+        loss = flow_loss(net, batch.image, batch.text, mask, t, eps).mean()
         if cfg.nan_loss_at_step is not None and state.step + 1 >= cfg.nan_loss_at_step:
             loss = loss * float("nan")
         opt.zero_grad(set_to_none=True)
@@ -258,6 +264,7 @@ def train(cfg: TrainConfig, report: Report,
         if last and cfg.val_urls:
             metrics.update(validation_loss(model, cfg, rank, world))
         if last:
+            metrics.update(evaluate(model, cfg, rank, world))
             metrics["final"] = 1.0
         checkpoint = None
         wants_ckpt = last or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
@@ -275,5 +282,6 @@ def train(cfg: TrainConfig, report: Report,
                "final": 1.0}
     if cfg.val_urls:
         metrics.update(validation_loss(model, cfg, rank, world))
+    metrics.update(evaluate(model, cfg, rank, world))
     report(metrics, None)
     return metrics

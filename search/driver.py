@@ -24,12 +24,13 @@ from ray.tune import Callback
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
 from scaling.model import DiTConfig, ModelShape
+from scaling.text import DEFAULT_TEXT_ENCODER
 from search.grid import GridSearcher, fixed_grid
 from search.progress import StudyProgress
 from search.results import RunsTableWriter, fit_and_log
-from search.spec import StudySpec, spec_to_toml_dict
+from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.tracking import STATUS, Tracking, TrackingError
-from search.trial import StorageFullError, StudyContext, run_trial, storage_full
+from search.trial import StorageFullError, StudyContext, eval_config, run_trial, storage_full
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -55,16 +56,44 @@ class StudyOutcome:
 
 
 def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
-    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one."""
-    if spec.data.source == "builtin":
-        d = spec.data
+    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one
+    (checked against the encoders the spec names)."""
+    d = spec.data
+    if d.source == "builtin":
         return write_builtin_dataset(spec.data_path, image_size=d.image_size,
                                      train_samples=d.train_samples, val_samples=d.val_samples,
                                      ood_samples=d.ood_samples,
-                                     samples_per_shard=d.samples_per_shard, seed=spec.seed)
+                                     samples_per_shard=d.samples_per_shard, seed=spec.seed,
+                                     encoder=d.text_encoder or DEFAULT_TEXT_ENCODER)
     if spec.data.path and "://" in spec.data.path:
-        return load_remote_dataset(spec.data.path)
-    return DatasetInfo.load(spec.data_path)
+        info = load_remote_dataset(spec.data.path)
+    else:
+        info = DatasetInfo.load(spec.data_path)
+    problems = []
+    if d.text_encoder and d.text_encoder != info.text_encoder:
+        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {info.root}/dataset.json "
+                        f"was encoded with {info.text_encoder!r}")
+    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
+    if d.autoencoder and d.autoencoder != autoencoder:
+        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {info.root}/dataset.json "
+                        f"holds {'latents of ' + repr(autoencoder) if autoencoder else 'pixels'}")
+    if problems:
+        raise SpecError("the prepared dataset does not match the spec:\n  "
+                        + "\n  ".join(problems))
+    return info
+
+
+def fid_reference(spec: StudySpec, ctx: StudyContext, out: Callable[[str], None]) -> None:
+    """Compute (or find cached) the FID reference statistics once, before the trials need them."""
+    from scaling.fid import load_extractor, reference_stats
+
+    cfg = eval_config(ctx)
+    if cfg is None or cfg.fid is None:
+        return
+    f = cfg.fid
+    reference_stats(list(f.reference_urls), f.reference_samples,
+                    load_extractor(f.extractor, f.extractor_path), cache_dir=f.cache_dir,
+                    dataset=f.dataset, batch_size=f.batch_size, log=out)
 
 
 def load_remote_dataset(uri: str) -> DatasetInfo:
@@ -231,6 +260,7 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     out(f"study {spec.name}: {len(trials)} trials over {len(spec.budgets)} budgets "
         f"(C = {spec.convention}, a multiply-add = 2 FLOPs), {k} at a time")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
+    fid_reference(spec, study_context(study), out)
     return _fit(study, _new_tuner(study, trials, path, k, trial_resources, out), out, t0)
 
 
@@ -308,6 +338,7 @@ def resume_study(study_name: str, tracking_uri: str,
     connect_ray(spec)
     k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
     tracking.reopen(study_run_id)
+    fid_reference(spec, study_context(study), out)
     problem = unreadable_state(path)
     if problem is None:
         out(f"study {spec.name}: resuming study run {study_run_id} from {path}")
@@ -325,13 +356,22 @@ def resume_study(study_name: str, tracking_uri: str,
     return _fit(study, _new_tuner(study, trials, fresh, k, trial_resources, out), out, t0)
 
 
+def study_context(study: _Study) -> StudyContext:
+    """What every trial of the study needs to know, shipped to the trial actors."""
+    spec, info = study.spec, study.info
+    return StudyContext(study=spec.name, study_run_id=study.study_run_id,
+                        tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
+                        spec=spec.model_dump(mode="json"), template=study.template,
+                        train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")),
+                        ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
+                        dataset_root=str(info.root), dataset_hash=info.content_hash,
+                        autoencoder=info.params.get("autoencoder")
+                        if info.image_key == "latent.npy" else None,
+                        latent_scale=float(info.params.get("latent_scale", 1.0)))
+
+
 def _trainable(study: _Study, trial_resources: dict):
-    spec = study.spec
-    ctx = StudyContext(study=spec.name, study_run_id=study.study_run_id,
-                       tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
-                       spec=spec.model_dump(mode="json"), template=study.template,
-                       train_urls=tuple(study.info.urls("train")),
-                       val_urls=tuple(study.info.urls("val")))
+    ctx = study_context(study)
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
 
 

@@ -34,9 +34,10 @@ def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint
             excluded.append(f"{r.trial_key}: {r.status}{at}")
             continue
         budget = r.param("budget")
+        fid = r.metrics.get("fid")  # measured when the study enables eval.fid
         points.append(RunPoint(compute=budget, params=r.param("params"), loss=value,
                                tokens=r.param("tokens"), budget=budget, trial=r.trial_key,
-                               status=r.status))
+                               status=r.status, fid=fid if fid is not None and fid > 0 else None))
     return points, excluded
 
 
@@ -58,10 +59,11 @@ class RunsTableWriter(Callback):
         value = r.get(self.metric)
         if r.get("diverged") or value is None or not (value > 0):
             return
-        budget = float(c["budget"])
+        budget, fid = float(c["budget"]), r.get("fid")
         point = RunPoint(compute=budget, params=float(c["params"]), loss=float(value),
                          tokens=float(r["tokens"]) if r.get("tokens") else None, budget=budget,
-                         trial=c["trial_key"], status="finished")
+                         trial=c["trial_key"], status="finished",
+                         fid=float(fid) if fid is not None and fid > 0 else None)
         rows = {p.trial: p for p in (read_runs(self.local, min_sizes=0)
                                      if self.local.exists() else [])}
         rows[point.trial] = point
@@ -73,7 +75,6 @@ class RunsTableWriter(Callback):
             from search.trial import StorageFullError, storage_full
 
             if storage_full(err):
-
                 raise StorageFullError(errno.ENOSPC, f"storage is full writing {RUNS_FILE}: "
                                                      f"{err}") from err
             raise

@@ -18,6 +18,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 import ray.train
@@ -27,6 +28,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from scaling.data import register_pyarrow_schemes
+from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
 from scaling.train import TrainConfig, load_checkpoint, train
 from search.grid import TrialSpec, plan
@@ -46,6 +48,11 @@ class StudyContext:
     template: DiTConfig  # model family and data dimensions; shape replaced per trial
     train_urls: tuple[str, ...]
     val_urls: tuple[str, ...]
+    ood_urls: tuple[str, ...] = ()
+    dataset_root: str = ""  # holds dataset.json, logged to every trial run
+    dataset_hash: str = ""
+    autoencoder: str | None = None  # decodes latents for FID
+    latent_scale: float = 1.0
 
     @property
     def study_spec(self) -> StudySpec:
@@ -53,6 +60,25 @@ class StudyContext:
 
     def train_run_name(self, trial: TrialSpec) -> str:
         return f"{self.study}-{self.study_run_id[:8]}-{trial.key}"
+
+
+def eval_config(ctx: StudyContext) -> EvalConfig | None:
+    """The spec's end-of-trial evaluation for this study's dataset; None if there is nothing."""
+    spec = ctx.study_spec
+    e = spec.eval
+    ood = ctx.ood_urls if e.ood else ()
+    fid = None
+    if e.fid:
+        fid = FIDConfig(
+            caption_urls=ctx.val_urls, reference_urls=ctx.val_urls,
+            dataset=f"{ctx.dataset_hash}/val", cache_dir=str(spec.fid_cache),
+            extractor=e.fid_extractor, extractor_path=e.fid_extractor_path,
+            samples=e.fid_samples, reference_samples=e.fid_reference_samples,
+            steps=e.sampler_steps, cfg_scale=e.cfg_scale, batch_size=e.fid_batch_size,
+            autoencoder=ctx.autoencoder, latent_scale=ctx.latent_scale)
+    if not ood and fid is None:
+        return None
+    return EvalConfig(ood_urls=ood, ood_samples=e.ood_samples, fid=fid)
 
 
 INJECT_NAN = "DIT_INJECT_NAN_LOSS"
@@ -82,7 +108,8 @@ def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict
         report_every=t.report_every, checkpoint_every=t.checkpoint_every,
         val_samples=t.val_samples, seed=spec.seed,
         threads=max(1, math.floor(spec.resources.cpus_per_worker)),
-        nan_loss_at_step=injected_nan_step(ctx.study, trial.key))
+        nan_loss_at_step=injected_nan_step(ctx.study, trial.key),
+        caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
         "params": p.params, "non_embedding_params": p.non_embedding_params,
@@ -92,8 +119,14 @@ def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict
         "conditioning": model.conditioning, "patch_size": model.patch_size,
         "image_size": model.image_size, "image_tokens": model.image_tokens,
         "text_tokens": model.text_len, "lr": t.lr, "seed": spec.seed,
-        "workers": spec.resources.workers,
+        "workers": spec.resources.workers, "caption_dropout": t.caption_dropout,
+        "dataset_hash": ctx.dataset_hash,
     }
+    if cfg.eval is not None and cfg.eval.fid is not None:
+        f = cfg.eval.fid
+        params.update({"fid_extractor": f.extractor, "fid_samples": f.samples,
+                       "fid_reference_samples": f.reference_samples,
+                       "sampler_steps": f.steps, "cfg_scale": f.cfg_scale})
     return cfg, {k: str(v) for k, v in params.items()}
 
 
@@ -199,6 +232,9 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     if attempts:
         tracking.reopen(run_id)
     tracking.log_metrics(run_id, {"attempt": attempts + 1}, step=attempts + 1)
+    dataset_json = Path(ctx.dataset_root) / "dataset.json"
+    if ctx.dataset_root and dataset_json.is_file():
+        tracking.log_artifacts(run_id, [dataset_json], "data")
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
