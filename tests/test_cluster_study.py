@@ -246,10 +246,10 @@ def faulty(services, tiny_data, tmp_path_factory):
     job = submission_id(submit_out)
     storage = out / "ray"
 
-    # 1. Kill the worker node of the first long trial (25k parameters: 508 or 1016 steps, seconds
-    #    of training left) that has written a checkpoint (at step 100).
+    # 1. Kill the worker node of the longest trial (25k parameters at 4e10 FLOPs: 1016 steps) once
+    #    it has written its first checkpoint (at step 100).
     def long_trial_checkpoints():
-        return [c for c in checkpoints(storage) if c.parent.name.endswith("d1w24h1")]
+        return [c for c in checkpoints(storage) if c.parent.name.endswith(OUTAGE_TRIAL)]
 
     first = wait_until(long_trial_checkpoints, 300, "a first checkpoint", poll=0.1)[0]
     key = first.parent.name.split("-", 2)[-1]  # Train run name: STUDY-RUNID8-TRIALKEY
@@ -304,14 +304,17 @@ def test_killed_worker_node_resumes_the_trial_from_its_checkpoint(faulty, servic
     run = next(r for r in runs if r.data.tags[TRIAL_KEY] == faulty.killed_trial)
     client = MlflowClient(services.mlflow.url)
     (resumed,) = client.get_metric_history(run.info.run_id, "resumed_from_step")
-    assert resumed.value >= 100 and resumed.value % 100 == 0
+    last = int(run.data.params["steps"])
+    # a checkpoint step: every 100 steps, and the last one (on a slow machine the kill may land
+    # after training ended but before the trial was done)
+    assert resumed.value >= 100 and (resumed.value % 100 == 0 or resumed.value == last)
     history = sorted(client.get_metric_history(run.info.run_id, "loss"),
                      key=lambda m: m.timestamp)
     after = [m.step for m in history if m.timestamp >= resumed.timestamp]
     # the curve continues from the checkpoint step, on another node, to the end
-    last = NAN_STEP if faulty.killed_trial == NAN_TRIAL else int(run.data.params["steps"])
     start = int(resumed.value) + 20
-    assert after == sorted(set(range(start, last, 20)) | {last})
+    assert after == sorted(set(range(start, last, 20)) | {last}) or (
+        resumed.value == last and after in ([], [last]))
     assert {m.step for m in history} >= set(range(20, last, 20))
     assert run.data.tags["dit.node"] != faulty.killed_node_id
     assert run.data.tags["dit.status"] in ("finished", "diverged")
@@ -335,14 +338,17 @@ def test_diverged_trial_is_marked_excluded_and_named(faulty, services, capsys):
     assert len(table) == 7 and NAN_TRIAL not in {p.trial for p in table}
     (stored,) = (faulty.out / "ray").glob("faulty-*/runs.parquet")
     assert {p.trial for p in read_runs(stored)} == {p.trial for p in table}
-    code, text, _ = cli(capsys, "fit", str(stored))
-    assert code == 0 and "N_opt" in text
 
 
 def test_corrupt_and_missing_shards_are_skipped_and_counted(faulty, services):
     _, runs = trial_runs(services.mlflow.url, "faulty")
+    client = MlflowClient(services.mlflow.url)
     for run in runs:
-        assert run.data.metrics["data_skipped"] >= 2, run.data.tags[TRIAL_KEY]
+        skipped = run.data.metrics["data_skipped"]
+        if "resumed_from_step" in run.data.metrics:  # the attempt before the node was killed
+            skipped = max(m.value for m in client.get_metric_history(run.info.run_id,
+                                                                     "data_skipped"))
+        assert skipped >= 2, run.data.tags[TRIAL_KEY]
 
 
 def test_tracking_outage_buffers_metrics_and_delivers_all(faulty, services):
@@ -359,11 +365,12 @@ def test_tracking_outage_buffers_metrics_and_delivers_all(faulty, services):
     # was not killed: a killed worker's sink dies with it, and its steps are trained again)
     checked = 0
     for r in runs:
-        if "resumed_from_step" in r.data.metrics:
-            continue
         logged = int(r.data.tags["dit.metrics_logged"])
         stored = sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics
                      if k != "attempt")
+        if "resumed_from_step" in r.data.metrics:  # the outage trial too: its last attempt's
+            assert stored >= logged, (r.data.tags[TRIAL_KEY], stored, logged)  # all arrived
+            continue
         assert stored == logged, (r.data.tags[TRIAL_KEY], stored, logged)
         checked += 1
     assert checked >= 6
@@ -473,10 +480,15 @@ def test_resumed_study_finishes_without_reruns_or_duplicates(resumed, services, 
     keys = [r.data.tags[TRIAL_KEY] for r in runs]
     assert len(keys) == len(set(keys)) == 8, keys
     client = MlflowClient(services.mlflow.url)
+    finished_at_kill = {k.split(":")[0] for k in resumed.kill_at if k.endswith(":finished")}
     for r in runs:
+        key = r.data.tags[TRIAL_KEY]
         assert r.data.tags["dit.status"] == "finished"
-        # a trial that finished once was never trained again
-        assert len(client.get_metric_history(r.info.run_id, "final")) == 1, r.data.tags[TRIAL_KEY]
+        finals = client.get_metric_history(r.info.run_id, "final")
+        if key in finished_at_kill:  # a trial that finished was never trained again
+            assert len(finals) == 1, key
+        else:  # one that was running trained on from its checkpoint: one more end at most
+            assert 1 <= len(finals) <= 2 and len({m.step for m in finals}) == 1, key
     code, text, _ = cli(capsys, "laws", "--study", "resumed", "--tracking-uri",
                         services.mlflow.url)
     assert code == 0 and "N_opt" in text
