@@ -72,7 +72,9 @@ def job_client(address: str):
         client = JobSubmissionClient(address, headers=headers)
         client.list_jobs()  # an authenticated call: the version check alone is not
     except AuthenticationError as err:
-        if str(err).startswith("Authentication required"):  # HTTP 401: no token sent
+        # HTTP 401: no token sent; a client with none may still be refused with 403 when its
+        # Ray library attaches a default token of its own
+        if token is None or str(err).startswith("Authentication required"):
             raise JobError(f"the Ray cluster at {address} requires a token ({source}): set "
                            "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
         raise JobError(f"the Ray cluster at {address} rejected the token from {source} "
