@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
+
 from search.spec import SpecError, StudySpec, load_spec
 
 SPEC_NAME = "study.toml"
@@ -88,14 +90,19 @@ def job_client(address: str):
     return client
 
 
-def portability_problems(spec: StudySpec) -> list[str]:
-    """Settings that would point at the head node's scratch space instead of shared storage."""
+def portability_problems(raw: dict) -> list[str]:
+    """Settings that would point at the head node's scratch space instead of shared storage.
+
+    `raw` is the spec as written (the TOML table): the loaded spec has relative paths made
+    absolute on this machine already, which says nothing about the cluster's nodes."""
     problems = []
-    if not Path(spec.output_dir).expanduser().is_absolute():
-        problems.append(f"output_dir {spec.output_dir!r} is relative; give an absolute path on "
+    output_dir = raw.get("output_dir", "dit-scaling-runs")
+    if not Path(output_dir).expanduser().is_absolute():
+        problems.append(f"output_dir {output_dir!r} is relative; give an absolute path on "
                         "storage every node shares (or --output-dir)")
-    for name, value in (("data.path", spec.data.path), ("storage.path", spec.storage.path),
-                        ("tracking.artifact_root", spec.tracking.artifact_root)):
+    for name, value in (("data.path", raw.get("data", {}).get("path")),
+                        ("storage.path", raw.get("storage", {}).get("path")),
+                        ("tracking.artifact_root", raw.get("tracking", {}).get("artifact_root"))):
         if value and "://" not in value and not Path(value).expanduser().is_absolute():
             problems.append(f"{name} {value!r} is relative; give an absolute path or a URI")
     return problems
@@ -135,7 +142,11 @@ def submit_study(spec_path: str | Path, address: str, output_dir: str | None = N
     spec = load_spec(spec_path)
     if output_dir:
         spec = spec.model_copy(update={"output_dir": output_dir})
-    problems = portability_problems(spec)
+    with open(spec_path, "rb") as f:
+        raw = tomllib.load(f)
+    if output_dir:
+        raw["output_dir"] = output_dir
+    problems = portability_problems(raw)
     if problems:
         raise SpecError(f"{spec_path}: cannot run on a cluster as written\n  "
                         + "\n  ".join(problems))

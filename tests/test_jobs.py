@@ -35,14 +35,14 @@ def test_token_comes_from_env_then_file(monkeypatch, tmp_path):
 
 
 def test_a_submitted_spec_must_name_shared_locations():
-    spec = parse_spec({"name": "s", "budgets": [1e10, 2e10], "data": {"source": "path",
-                                                                       "path": "data"}})
-    problems = portability_problems(spec)
+    problems = portability_problems({"name": "s", "budgets": [1e10, 2e10],
+                                     "data": {"source": "path", "path": "data"}})
     assert any(p.startswith("output_dir 'dit-scaling-runs' is relative") for p in problems)
     assert any(p.startswith("data.path 'data' is relative") for p in problems)
-    ok = parse_spec({"name": "s", "budgets": [1e10, 2e10], "output_dir": "/shared/runs",
-                     "storage": {"path": "s3://bucket/studies"}})
-    assert portability_problems(ok) == []
+    raw = {"name": "s", "budgets": [1e10, 2e10], "output_dir": "/shared/runs",
+           "storage": {"path": "s3://bucket/studies"}}
+    assert portability_problems(raw) == []
+    ok = parse_spec(raw)
     with pytest.raises(JobError, match="needs an MLflow tracking server"):
         study_tracking_uri(ok)
 
