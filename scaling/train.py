@@ -63,6 +63,9 @@ class TrainConfig:
     threads: int | None = None
     caption_dropout: float = 0.0  # fraction of samples trained without caption (for CFG)
     eval: EvalConfig | None = None  # end-of-trial evaluation beyond the validation loss
+    # Fault injection for testing the service: the loss is made NaN at this step, so the
+    # divergence path (stop, report `diverged`, exclusion from the fit) runs for real.
+    nan_loss_at_step: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "report_every"):
@@ -235,6 +238,8 @@ def train(cfg: TrainConfig, report: Report,
         eps = torch.randn(batch.image.shape, generator=gen)
         mask = drop_captions(batch.mask, cfg.caption_dropout, gen)
         loss = flow_loss(net, batch.image, batch.text, mask, t, eps).mean()
+        if cfg.nan_loss_at_step is not None and state.step + 1 >= cfg.nan_loss_at_step:
+            loss = loss * float("nan")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

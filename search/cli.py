@@ -1,9 +1,11 @@
 """`dit-scaling`: run isoFLOP studies and ask MLflow for the laws.
 
-    dit-scaling run SPEC [--allocator fixed|adaptive]   run a study (embedded Ray, or RAY_ADDRESS)
+    dit-scaling run SPEC [--allocator fixed|adaptive] [--output-dir DIR]   run a study
     dit-scaling plan SPEC [--surface S] [--repeats 20]  simulate the study in-process first
     dit-scaling refine --study NAME [--budget C] [--tolerance 0.1]  tighten a finished study
-    dit-scaling resume --study NAME              continue a study whose driver stopped
+    dit-scaling submit SPEC --address URL        run it on a Ray cluster as a Ray job
+    dit-scaling jobs status|logs|stop ID --address URL
+    dit-scaling resume --study NAME [--address URL]   continue a study whose driver stopped
     dit-scaling status --study NAME              trials done / running / failed, from MLflow
     dit-scaling laws --study NAME [--json]       the fitted laws, from MLflow
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
@@ -88,8 +90,28 @@ def cmd_run(args) -> int:
     from search.driver import run_study
 
     spec = _with_allocator(load_spec(args.spec), args.allocator)
-    outcome = run_study(spec)
-    _outcome(spec.name, outcome)
+    if args.output_dir:
+        spec = spec.model_copy(update={"output_dir": args.output_dir})
+    if args.tracking_uri:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+            update={"uri": args.tracking_uri})})
+    return _report(run_study(spec), spec.name)
+
+
+def cmd_resume(args) -> int:
+    if args.address:
+        from search.jobs import submit_resume
+
+        sub = submit_resume(args.study, args.tracking_uri, args.address)
+        _submitted(sub, resumed=True)
+        return 0
+    from search.driver import resume_study
+
+    return _report(resume_study(args.study, args.tracking_uri), args.study)
+
+
+def _report(outcome, name: str) -> int:
+    _outcome(name, outcome)
     return 0 if outcome.figures else 1
 
 
@@ -106,14 +128,6 @@ def cmd_refine(args) -> int:
     from search.driver import refine_study
 
     outcome = refine_study(args.study, args.tracking_uri, args.budget, args.tolerance)
-    _outcome(args.study, outcome)
-    return 0 if outcome.figures else 1
-
-
-def cmd_resume(args) -> int:
-    from search.driver import resume_study
-
-    outcome = resume_study(args.study, args.tracking_uri)
     _outcome(args.study, outcome)
     return 0 if outcome.figures else 1
 
@@ -152,6 +166,44 @@ def cmd_plan(args) -> int:
                           **{s: report.summary(s) for s in report.runs}}, indent=1))
     else:
         print(report.text())
+    return 0
+
+
+def _address(args) -> str:
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or ""
+    if not address:
+        raise SystemExit(f"{args.command}: give --address http://HEAD:8265 (or set "
+                         "RAY_API_SERVER_ADDRESS)")
+    return address
+
+
+def _submitted(sub, resumed: bool = False) -> None:
+    what = "resume of study" if resumed else "study"
+    print(f"submitted {what} {sub.study} to {sub.address}")
+    print(f"submission id: {sub.submission_id}")
+    print(f"MLflow study (experiment): {sub.study} at {sub.tracking_uri}")
+    print(f"follow: dit-scaling jobs logs {sub.submission_id} --address {sub.address}; "
+          f"dit-scaling status --study {sub.study} --tracking-uri {sub.tracking_uri}")
+
+
+def cmd_submit(args) -> int:
+    from search.jobs import submit_study
+
+    _submitted(submit_study(args.spec, _address(args), args.output_dir))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from search import jobs
+
+    address = _address(args)
+    if args.action == "status":
+        print("\n".join(jobs.status_lines(jobs.job_info(address, args.id))))
+    elif args.action == "logs":
+        print(jobs.job_logs(address, args.id), end="")
+    else:
+        stopped = jobs.stop_job(address, args.id)
+        print(f"job {args.id}: " + ("stop requested" if stopped else "had already ended"))
     return 0
 
 
@@ -323,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("spec", help="study spec (TOML)")
     r.add_argument("--allocator", choices=["fixed", "adaptive"],
                    help="override the spec's allocator.kind (fixed: the plain grid)")
+    r.add_argument("--output-dir", help="override the spec's output_dir")
+    r.add_argument("--tracking-uri", help="override the spec's [tracking] uri")
     r.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plan", help="simulate a study in-process before spending any GPU")
@@ -342,7 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="relative half-width of the N_opt 95%% interval to reach (0.1 = ±10%%)")
     rf.set_defaults(func=cmd_refine)
 
-    query("resume", "continue a study whose driver stopped").set_defaults(func=cmd_resume)
+    address_help = "the Ray head node's dashboard URL, e.g. http://HEAD:8265"
+    s = sub.add_parser("submit", help="run a study on a Ray cluster (Ray Jobs)")
+    s.add_argument("spec", help="study spec (TOML)")
+    s.add_argument("--address", help=address_help + " (default $RAY_API_SERVER_ADDRESS)")
+    s.add_argument("--output-dir", help="override the spec's output_dir: an absolute path on "
+                                        "storage every node shares")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="a submitted study's job: status, logs or stop")
+    j.add_argument("action", choices=["status", "logs", "stop"])
+    j.add_argument("id", help="submission id printed by submit")
+    j.add_argument("--address", help=address_help)
+    j.set_defaults(func=cmd_jobs)
+
+    rs = query("resume", "continue a study whose driver died or stopped")
+    rs.add_argument("--address", help=address_help + ": resume as a Ray job there")
+    rs.set_defaults(func=cmd_resume)
 
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
     query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
@@ -406,10 +476,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as err:
-        if not isinstance(err, _user_errors()):
-            raise
-        print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
-        return 2
+        if isinstance(err, _user_errors()):
+            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
+            return 2
+        from search.driver import ClusterError, StudyStopped
+        from search.grid import GridError
+        from search.jobs import JobError
+
+        if isinstance(err, JobError | ClusterError | GridError):
+            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, StudyStopped):
+            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
+            return 3
+        raise
 
 
 def _user_errors() -> tuple[type, ...]:
