@@ -27,7 +27,7 @@ def test_trials_request_gpus_by_size_and_share_the_cluster(fake_gpu_cluster, tmp
     spec = parse_spec({
         "name": "gpus", "seed": 1, "output_dir": str(tmp_path),
         "budgets": [1e17, 3e17, 1e18],
-        "trainer": {"kind": "simulated", "batch_size": 256, "time_scale": 1e-3, "reports": 3},
+        "trainer": {"kind": "simulated", "batch_size": 256, "time_scale": 1e-2, "reports": 3},
         "allocator": {"kind": "adaptive", "prior": "paper", "spacing": 3.0,
                       "max_trials_per_budget": 6},
         "resources": {"gpus_per_trial": RULE}})
