@@ -17,10 +17,13 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
+from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
-from search.grid import GridSearcher, fixed_grid
+from search.grid import GridSearcher, TrialSpec, fixed_grid
+from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
 from search.progress import StudyProgress
 from search.results import fit_and_log
 from search.spec import StudySpec, spec_to_toml_dict
@@ -135,10 +138,11 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
                        storage_path=spec.storage_path, spec=spec.model_dump(mode="json"),
                        template=template, train_urls=tuple(info.urls("train")),
                        val_urls=tuple(info.urls("val")))
-    progress = StudyProgress(len(trials), spec.metric, out)
+    searcher, sweep = study_searcher(spec, template, trials, tracking, study_run_id, out)
+    progress = StudyProgress(len(trials) + len(sweep), spec.metric, out)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources),
-        tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                     max_concurrent_trials=k),
         run_config=tune.RunConfig(name=f"{spec.name}-{study_run_id[:8]}",
                                   storage_path=spec.storage_path, verbose=0,
@@ -157,6 +161,33 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     tracking.set_status(study_run_id, "finished")
     return StudyOutcome(study_run_id, progress.done, progress.failed, laws_text, figures, startup,
                         time.monotonic() - t0)
+
+
+def study_searcher(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec],
+                   tracking: Tracking, study_run_id: str,
+                   out: Callable[[str], None]) -> tuple[Searcher, list[dict]]:
+    """The study's Tune searcher: the grid, behind an LR sweep when the spec asks for one."""
+    rule = spec_rule(spec)
+    grid = GridSearcher(trials)
+    sweep = sweep_configs(spec, template, trials)
+    if not sweep:
+        tracking.log_params(study_run_id, rule_params(rule))
+        return grid, []
+    widths = sorted({c["width"] for c in sweep})
+    factors = len(set(spec.trainer.lr_sweep.factors))
+    out(f"LR sweep first: {len(sweep)} trials, widths {widths} x {factors} LR multiples at "
+        f"{sweep[0]['budget']:g} FLOPs")
+
+    def log_rule(fitted: LRRule, points: list[SweepPoint], error: str | None) -> None:
+        best = best_lrs(points)
+        out(error or (f"LR rule fitted on {len(best)} widths: lr(w) = {fitted.base_lr:.3g} x "
+                      f"({fitted.ref_width} / w)^{fitted.lr_exponent:.3f}"))
+        tracking.log_params(study_run_id, rule_params(fitted))
+        tracking.log_metrics(study_run_id, {f"lr_sweep.best_lr.w{w}": lr for w, lr in best.items()})
+        if error:
+            tracking.set_tags(study_run_id, {"dit.lr_sweep_error": error})
+
+    return LRSweepSearcher(sweep, grid, rule, spec.metric, on_rule=log_rule), sweep
 
 
 def _flat_params(data: dict, prefix: str = "") -> dict[str, str]:

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, replace
 
 import ray.train
+import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -22,6 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from scaling.model import DiTConfig
 from scaling.train import TrainConfig, train
 from search.grid import TrialSpec, plan
+from search.lr_sweep import spec_rule
 from search.spec import StudySpec
 from search.tracking import MetricSink, Tracking
 
@@ -43,24 +45,43 @@ class StudyContext:
     def study_spec(self) -> StudySpec:
         return StudySpec.model_validate(self.spec)
 
-    def train_run_name(self, trial: TrialSpec) -> str:
-        return f"{self.study}-{self.study_run_id[:8]}-{trial.key}"
+    def train_run_name(self, trial_key: str) -> str:
+        return f"{self.study}-{self.study_run_id[:8]}-{trial_key}"
 
 
-def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict[str, str]]:
-    """The trial's training configuration and the MLflow params that describe it."""
+def parallel_for(params: int, spec: StudySpec) -> str:
+    """DDP below `resources.fsdp_min_params` parameters (or without it), FSDP2 from there on."""
+    threshold = spec.resources.fsdp_min_params
+    return "fsdp" if threshold is not None and params >= threshold else "ddp"
+
+
+def train_config(ctx: StudyContext, trial: TrialSpec,
+                 config: dict | None = None) -> tuple[TrainConfig, dict[str, str]]:
+    """The trial's training configuration and the MLflow params that describe it.
+
+    LR and warmup come from the trial `config` when the searcher set them (an LR sweep or its
+    fitted rule), else from the spec's rule for this width (`search.lr_sweep.spec_rule`).
+    """
+    config = config or {}
     spec = ctx.study_spec
     t = spec.trainer
     model = replace(ctx.template, shape=trial.shape)
     p = plan(spec, ctx.template, trial)
+    rule = spec_rule(spec)
+    width = trial.shape.width
+    lr = float(config.get("lr", rule.lr(width)))
+    warmup = int(config.get("warmup_steps", rule.warmup(width)))
     cfg = TrainConfig(
         model=model, steps=p.steps, batch_size=t.batch_size, train_urls=ctx.train_urls,
-        val_urls=ctx.val_urls if t.val_samples else (), lr=t.lr, warmup_steps=t.warmup_steps,
+        val_urls=ctx.val_urls if t.val_samples else (), lr=lr, warmup_steps=warmup,
         schedule=t.schedule, cooldown_fraction=t.cooldown_fraction, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, timestep_sampling=t.timestep_sampling, ema_alpha=t.ema_alpha,
         report_every=t.report_every, checkpoint_every=t.checkpoint_every,
         val_samples=t.val_samples, seed=spec.seed,
-        threads=max(1, math.floor(spec.resources.cpus_per_worker)))
+        threads=max(1, math.floor(spec.resources.cpus_per_worker)),
+        micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
+        parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
+        data_workers=t.data_workers)
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
         "params": p.params, "non_embedding_params": p.non_embedding_params,
@@ -69,8 +90,11 @@ def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict
         "depth": trial.shape.depth, "width": trial.shape.width, "heads": trial.shape.heads,
         "conditioning": model.conditioning, "patch_size": model.patch_size,
         "image_size": model.image_size, "image_tokens": model.image_tokens,
-        "text_tokens": model.text_len, "lr": t.lr, "seed": spec.seed,
-        "workers": spec.resources.workers,
+        "text_tokens": model.text_len, "seed": spec.seed, "workers": spec.resources.workers,
+        "phase": config.get("phase", "study"), "lr": f"{lr:.6g}", "warmup_steps": warmup,
+        "schedule": t.schedule,
+        "micro_batch": t.micro_batch or t.batch_size // spec.resources.workers,
+        "precision": t.precision, "compile": t.compile, "parallel": cfg.parallel,
     }
     return cfg, {k: str(v) for k, v in params.items()}
 
@@ -79,6 +103,7 @@ def _worker_loop(config: dict) -> None:
     """Runs on every Train worker: train, report to Tune and (rank 0) to MLflow."""
     cfg: TrainConfig = config["train"]
     rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()  # this worker's GPU, or the CPU
     sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
 
     def report(metrics: dict[str, float], checkpoint_dir) -> None:
@@ -91,9 +116,9 @@ def _worker_loop(config: dict) -> None:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
-                final = train(cfg, report, resume_from=resume_dir)
+                final = train(cfg, report, resume_from=resume_dir, device=device)
         else:
-            final = train(cfg, report)
+            final = train(cfg, report, device=device)
     finally:
         if sink is not None:
             sink.close()
@@ -107,10 +132,11 @@ def _worker_loop(config: dict) -> None:
 def run_trial(config: dict, ctx: StudyContext) -> None:
     """The Tune function trainable: one isoFLOP point, trained by a TorchTrainer."""
     trial = TrialSpec.from_config(config)
+    key = config.get("trial_key", trial.key)  # sweep trials share a shape, not a key
     spec = ctx.study_spec
-    cfg, params = train_config(ctx, trial)
+    cfg, params = train_config(ctx, trial, config)
     tracking = Tracking(ctx.tracking_uri)
-    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, trial.key, params, trial.budget)
+    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget)
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
@@ -121,7 +147,7 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=ctx.train_run_name(trial), storage_path=ctx.storage_path,
+            name=ctx.train_run_name(key), storage_path=ctx.storage_path,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res.max_failures, controller_failure_limit=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2)),
