@@ -68,3 +68,18 @@ def euler_sample(
             v = v_uncond + cfg_scale * (v - v_uncond)
         x = x + (t_next - t_now) * v
     return x
+
+
+def drop_captions(mask: Tensor, probability: float, generator: torch.Generator | None = None
+                  ) -> Tensor:
+    """The text mask with each sample's caption dropped (all False) with `probability`.
+
+    Training with dropped captions teaches the model the unconditional velocity that classifier-
+    free guidance (`euler_sample(cfg_scale=...)`) extrapolates away from.
+    """
+    if not 0 <= probability < 1:
+        raise ValueError(f"caption dropout {probability} is not in [0, 1)")
+    if probability == 0:
+        return mask
+    keep = torch.rand(mask.shape[0], generator=generator, device=mask.device) >= probability
+    return mask & keep[:, None]

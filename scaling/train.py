@@ -52,9 +52,10 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from scaling.data import Batch, DataStats, eval_batches, train_batches
+from scaling.evaluate import EvalConfig, evaluate
 from scaling.flops import forward_flops
 from scaling.model import DiT, DiTConfig, parameter_count
-from scaling.objective import TimestepSampling, flow_loss, sample_timesteps
+from scaling.objective import TimestepSampling, drop_captions, flow_loss, sample_timesteps
 from scaling.schedule import LRSchedule, Schedule
 from scaling.throughput import Peak, detect_peak
 
@@ -97,6 +98,8 @@ class TrainConfig:
     parallel: Parallel = "ddp"  # with several ranks: replicate (DDP) or shard (FSDP2)
     peak_flops: float | None = None  # FLOP/s of one device, for MFU; None: detected
     data_workers: int = 0  # DataLoader processes decoding shards; 0: in this process
+    caption_dropout: float = 0.0  # fraction of samples trained without caption (for CFG)
+    eval: EvalConfig | None = None  # end-of-trial evaluation beyond the validation loss
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "report_every"):
@@ -116,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"data_workers={self.data_workers} must not be negative")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ValueError(f"peak_flops={self.peak_flops} must be a positive FLOP/s")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout={self.caption_dropout} is not in [0, 1)")
 
     def micro_batches(self, world: int) -> tuple[int, int]:
         """(samples per rank per step, samples per micro-batch) on `world` ranks."""
@@ -312,6 +317,18 @@ def validation_loss(
     return out
 
 
+def final_evaluation(model: nn.Module, cfg: TrainConfig, rank: int, world: int
+                     ) -> dict[str, float]:
+    """Validation loss, then `scaling.evaluate` (OOD loss, FID on rank 0), on a model every rank
+    runs alone (FSDP's shards gathered once)."""
+    if not cfg.val_urls and cfg.eval is None:
+        return {}
+    whole = evaluation_model(model, cfg)
+    out = validation_loss(whole, cfg, rank, world) if cfg.val_urls else {}
+    out.update(evaluate(whole, cfg, rank, world))
+    return out
+
+
 def _on(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
     if device.type == "cpu":
         return tensors
@@ -327,7 +344,8 @@ def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
     # Drawn for the whole batch, so the micro-batch size does not change the draws.
     t = sample_timesteps(local, cfg.timestep_sampling, gen)
     eps = torch.randn(batch.image.shape, generator=gen)
-    image, text, mask, t, eps = _on(device, batch.image, batch.text, batch.mask, t, eps)
+    mask = drop_captions(batch.mask, cfg.caption_dropout, gen)
+    image, text, mask, t, eps = _on(device, batch.image, batch.text, mask, t, eps)
     total = torch.zeros((), device=device)
     for start in range(0, local, micro):
         part = slice(start, start + micro)
@@ -431,9 +449,8 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
             metrics.update(diverged=1.0, diverged_step=diverged_at, final=1.0)
             report(metrics, None)
             return metrics
-        if last and cfg.val_urls:
-            metrics.update(validation_loss(evaluation_model(model, cfg), cfg, rank, world))
         if last:
+            metrics.update(final_evaluation(model, cfg, rank, world))
             metrics["final"] = 1.0
         wants_ckpt = last or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
         checkpoint = _save_checkpoint(model, opt, state, cfg, rank, world) if wants_ckpt \
@@ -449,7 +466,6 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
     # Resumed from a checkpoint taken at the final step: nothing left to train.
     metrics = {**metrics_now(state.loss_ema if state.loss_ema is not None else float("nan"),
                              0, 0.0), "final": 1.0}
-    if cfg.val_urls:
-        metrics.update(validation_loss(evaluation_model(model, cfg), cfg, rank, world))
+    metrics.update(final_evaluation(model, cfg, rank, world))
     report(metrics, None)
     return metrics

@@ -4,8 +4,9 @@
     dit-scaling status --study NAME              trials done / running / failed, from MLflow
     dit-scaling laws --study NAME [--json]       the fitted laws, from MLflow
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
-    dit-scaling fit RUNS [--json] [--log-to-mlflow --study NAME]
+    dit-scaling fit RUNS [--json] [--log-to-mlflow --study NAME] [--seed-noise S]
     dit-scaling compare A B [--json]             Table 1 style comparison of two studies or files
+    dit-scaling data prepare SRC DST [--address ADDR]   image-caption shards -> training shards
 
 Every number printed states its unit; FLOPs count a multiply-add as 2 FLOPs.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -22,16 +24,42 @@ from pathlib import Path
 from search.spec import DEFAULT_OUTPUT, SpecError, load_spec
 
 
+class UsageError(ValueError):
+    """A command line that cannot be carried out as given; the message says what to add."""
+
+
+RUNS_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the embedded default's SQLite file under ./dit-scaling-runs."""
     return os.environ.get("MLFLOW_TRACKING_URI") or (
         f"sqlite:///{Path(DEFAULT_OUTPUT).resolve() / 'mlflow.db'}")
 
 
+def default_artifact_root(uri: str) -> str | None:
+    """Beside a SQLite store, its `artifacts` folder (else MLflow writes to ./mlruns of whatever
+    directory the command ran in); for a server, None: the server decides."""
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
+    return None
+
+
 def _tracking(args):
     from search.tracking import Tracking
 
-    return Tracking(args.tracking_uri)
+    root = getattr(args, "artifact_root", None) or default_artifact_root(args.tracking_uri)
+    return Tracking(args.tracking_uri, root)
+
+
+def _positive_flops(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of FLOPs")
+    return value
 
 
 def _emit(args, data: dict, text: str) -> None:
@@ -95,7 +123,7 @@ def _law(args):
     if args.law == "paper":
         return paper_law(), "the paper's published law"
     if not args.study:
-        raise SystemExit("predict: give --study NAME or --law paper")
+        raise UsageError("give --study NAME or --law paper")
     fit, run = load_laws(_tracking(args), args.study)
     return fit, f"study {args.study} (study run {run.info.run_id})"
 
@@ -111,12 +139,17 @@ def cmd_fit(args) -> int:
     from scaling.laws import FitOptions, fit_laws
     from scaling.runs_table import read_runs
 
+    if args.log_to_mlflow and not args.study:
+        raise UsageError("--log-to-mlflow needs --study NAME")
     points = read_runs(args.runs)
-    fit = fit_laws(points, FitOptions(convention=args.convention, draws=args.draws,
-                                      saturating=args.saturating, seed=args.seed))
+    try:
+        options = FitOptions(convention=args.convention, draws=args.draws,
+                             saturating=args.saturating, seed=args.seed,
+                             noise_sigma=args.noise_sigma, seed_noise=args.seed_noise)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    fit = fit_laws(points, options)
     if args.log_to_mlflow:
-        if not args.study:
-            raise SystemExit("fit --log-to-mlflow needs --study NAME")
         _log_fit(args, fit)
     _emit(args, fit.to_dict(), fit.table())
     return 0
@@ -146,8 +179,11 @@ def _fit_source(args, source: str):
     from scaling.runs_table import read_runs
     from search.results import load_laws
 
-    if Path(source).suffix.lower() in (".csv", ".parquet", ".pq") and Path(source).exists():
-        return fit_laws(read_runs(source), FitOptions(seed=args.seed))
+    path = Path(source)
+    if path.suffix.lower() in RUNS_SUFFIXES or path.is_file():
+        # The comparison reads Approach 2's exponents only: Approach 3 would cost time for nothing.
+        return fit_laws(read_runs(path), FitOptions(seed=args.seed, draws=args.draws,
+                                                    approach3=False))
     return load_laws(_tracking(args), source)[0]
 
 
@@ -158,6 +194,40 @@ def cmd_compare(args) -> int:
     result = compare(a, b, (args.a, args.b))
     _emit(args, result.to_dict(), result.table(with_paper=True))
     return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from scaling.prepare import PrepareConfig, prepare_dataset, source_urls
+
+    try:
+        cfg = PrepareConfig(image_size=args.image_size, text_encoder=args.text_encoder,
+                            text_len=args.text_len, autoencoder=args.autoencoder,
+                            val_fraction=args.val_fraction,
+                            samples_per_shard=args.samples_per_shard, batch_size=args.batch_size)
+        source = source_urls(args.src)
+        ood = source_urls(args.ood) if args.ood else None
+        if args.address:
+            from search.prepare import prepare_on_ray
+
+            info = prepare_on_ray(source, args.dst, cfg, ood, address=args.address,
+                                  workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+        else:
+            info = prepare_dataset(source, args.dst, cfg, ood)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise PrepareError(str(err)) from err
+    counts = ", ".join(f"{k} {info.samples(k)} samples in {len(v)} shards"
+                       for k, v in info.splits.items())
+    skipped = info.params.get("skipped") or {}
+    print(f"dataset {info.root}: {counts}; {info.image_key} {info.channels} x {info.image_size}"
+          f" x {info.image_size}; text {info.text_encoder} ({info.text_len} tokens x "
+          f"{info.text_dim}); skipped: "
+          + (", ".join(f"{n} {r}" for r, n in skipped.items()) or "none")
+          + f"; {info.content_hash}")
+    return 0
+
+
+class PrepareError(ValueError):
+    """Bad arguments or input for `data prepare`."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
     query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
     pr = query("predict", "N_opt, D_opt, loss and FID at a budget")
-    pr.add_argument("--budget", type=float, required=True, help="compute, FLOPs")
+    pr.add_argument("--budget", type=_positive_flops, required=True, help="compute, FLOPs")
     pr.add_argument("--law", choices=["paper"], help="use the paper's published law")
     pr.set_defaults(func=cmd_predict)
 
@@ -189,17 +259,49 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("runs", help="CSV or Parquet file: compute, params, loss[, tokens, fid, budget]")
     f.add_argument("--study", help="study name for --log-to-mlflow")
     f.add_argument("--log-to-mlflow", action="store_true", help="store the fit as a study run")
+    f.add_argument("--artifact-root", help="where --log-to-mlflow stores laws.json (default: "
+                   "beside a SQLite store, its artifacts folder; a server's own)")
     f.add_argument("--convention", choices=["6ND", "exact"], default="6ND")
     f.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     f.add_argument("--saturating", action="store_true", help="also fit L = E + A C^-alpha")
+    f.add_argument("--noise-sigma", type=float, default=0.0,
+                   help="relative loss noise added to every run in each bootstrap draw")
+    f.add_argument("--seed-noise", type=float, default=0.005,
+                   help="seed-to-seed relative loss noise assumed for budgets with fewer than 5 "
+                        "sizes (Porian et al. 2024: 0.005); 0: none, their intervals are then "
+                        "reported as not estimable")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_fit)
 
     c = query("compare", "compare two studies or runs files (the paper's Table 1)", study=False)
     c.add_argument("a", help="study name or runs file")
     c.add_argument("b", help="study name or runs file")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed for runs files")
+    c.add_argument("--draws", type=int, default=1000, help="bootstrap draws for runs files")
     c.set_defaults(func=cmd_compare)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="image-caption webdataset shards -> training shards "
+                         "(image latents or pixels, text features, dataset.json)")
+    dp.add_argument("src", help="source shards: a directory, a .tar, a glob or a brace pattern")
+    dp.add_argument("dst", help="new dataset directory")
+    dp.add_argument("--ood", help="out-of-distribution shards (e.g. COCO), prepared as split ood")
+    dp.add_argument("--image-size", type=int, default=32, help="pixels after centre crop")
+    dp.add_argument("--autoencoder", help="diffusers AutoencoderKL directory or hub name "
+                    "(latents); default: store pixels")
+    dp.add_argument("--text-encoder", default="all-MiniLM-L6-v2",
+                    help="transformers encoder directory or hub name")
+    dp.add_argument("--text-len", type=int, default=32, help="text tokens per caption")
+    dp.add_argument("--val-fraction", type=float, default=0.05,
+                    help="share of samples held out as val (by key hash)")
+    dp.add_argument("--samples-per-shard", type=int, default=2048)
+    dp.add_argument("--batch-size", type=int, default=64, help="samples encoded together")
+    dp.add_argument("--address", help="Ray cluster address: run through Ray Data there")
+    dp.add_argument("--workers", type=int, default=1, help="encoder actors (with --address)")
+    dp.add_argument("--gpus-per-worker", type=float, default=0.0,
+                    help="GPUs per encoder actor (with --address)")
+    dp.set_defaults(func=cmd_data_prepare)
     return p
 
 
@@ -211,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SpecError, RunsTableError, LawFitError, TrackingError) as err:
+    except (SpecError, RunsTableError, LawFitError, TrackingError, UsageError,
+            PrepareError) as err:
         print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
         return 2
 

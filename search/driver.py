@@ -22,13 +22,14 @@ from ray.tune.search import Searcher
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
 from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
+from scaling.text import DEFAULT_TEXT_ENCODER
 from search.grid import GridSearcher, TrialSpec, fixed_grid
 from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
 from search.progress import StudyProgress
 from search.results import fit_and_log
-from search.spec import StudySpec, spec_to_toml_dict
+from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.tracking import Tracking
-from search.trial import StudyContext, run_trial
+from search.trial import StudyContext, eval_config, run_trial
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -54,14 +55,41 @@ class StudyOutcome:
 
 
 def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
-    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one."""
-    if spec.data.source == "builtin":
-        d = spec.data
+    """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one
+    (checked against the encoders the spec names)."""
+    d = spec.data
+    if d.source == "builtin":
         return write_builtin_dataset(spec.data_path, image_size=d.image_size,
                                      train_samples=d.train_samples, val_samples=d.val_samples,
                                      ood_samples=d.ood_samples,
-                                     samples_per_shard=d.samples_per_shard, seed=spec.seed)
-    return DatasetInfo.load(spec.data_path)
+                                     samples_per_shard=d.samples_per_shard, seed=spec.seed,
+                                     encoder=d.text_encoder or DEFAULT_TEXT_ENCODER)
+    info = DatasetInfo.load(spec.data_path)
+    problems = []
+    if d.text_encoder and d.text_encoder != info.text_encoder:
+        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {info.root}/dataset.json "
+                        f"was encoded with {info.text_encoder!r}")
+    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
+    if d.autoencoder and d.autoencoder != autoencoder:
+        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {info.root}/dataset.json "
+                        f"holds {'latents of ' + repr(autoencoder) if autoencoder else 'pixels'}")
+    if problems:
+        raise SpecError("the prepared dataset does not match the spec:\n  "
+                        + "\n  ".join(problems))
+    return info
+
+
+def fid_reference(spec: StudySpec, ctx: StudyContext, out: Callable[[str], None]) -> None:
+    """Compute (or find cached) the FID reference statistics once, before the trials need them."""
+    from scaling.fid import load_extractor, reference_stats
+
+    cfg = eval_config(ctx)
+    if cfg is None or cfg.fid is None:
+        return
+    f = cfg.fid
+    reference_stats(list(f.reference_urls), f.reference_samples,
+                    load_extractor(f.extractor, f.extractor_path), cache_dir=f.cache_dir,
+                    dataset=f.dataset, batch_size=f.batch_size, log=out)
 
 
 def model_template(spec: StudySpec, info: DatasetInfo) -> DiTConfig:
@@ -137,7 +165,13 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     ctx = StudyContext(study=spec.name, study_run_id=study_run_id, tracking_uri=spec.tracking_uri,
                        storage_path=spec.storage_path, spec=spec.model_dump(mode="json"),
                        template=template, train_urls=tuple(info.urls("train")),
-                       val_urls=tuple(info.urls("val")))
+                       val_urls=tuple(info.urls("val")),
+                       ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
+                       dataset_root=str(info.root), dataset_hash=info.content_hash,
+                       autoencoder=info.params.get("autoencoder")
+                       if info.image_key == "latent.npy" else None,
+                       latent_scale=float(info.params.get("latent_scale", 1.0)))
+    fid_reference(spec, ctx, out)
     searcher, sweep = study_searcher(spec, template, trials, tracking, study_run_id, out)
     progress = StudyProgress(len(trials) + len(sweep), spec.metric, out)
     tuner = tune.Tuner(

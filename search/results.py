@@ -33,9 +33,10 @@ def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint
             excluded.append(f"{r.trial_key}: {r.status}{at}")
             continue
         budget = r.param("budget")
+        fid = r.metrics.get("fid")  # measured when the study enables eval.fid
         points.append(RunPoint(compute=budget, params=r.param("params"), loss=value,
                                tokens=r.param("tokens"), budget=budget, trial=r.trial_key,
-                               status=r.status))
+                               status=r.status, fid=fid if fid is not None and fid > 0 else None))
     return points, excluded
 
 

@@ -69,11 +69,18 @@ class DataSpec(_Frozen):
     val_samples: int = Field(1024, ge=16)
     ood_samples: int = Field(512, ge=0)
     samples_per_shard: int = Field(2048, ge=16)
+    # builtin: the encoder that writes the caption features; path: what the prepared dataset
+    # must have been made with (checked against its dataset.json), None: whatever it was.
+    text_encoder: str | None = None
+    autoencoder: str | None = None  # path only: the diffusers AutoencoderKL of its latents
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataSpec:
         if self.source == "path" and not self.path:
             raise ValueError("source = 'path' needs data.path, the directory holding dataset.json")
+        if self.source == "builtin" and self.autoencoder:
+            raise ValueError("data.autoencoder applies to prepared datasets (source = 'path'); "
+                             "the built-in dataset is pixels")
         return self
 
 
@@ -118,6 +125,22 @@ class TrainerSpec(_Frozen):
     report_every: int = Field(10, ge=1)  # steps between reports (metrics to MLflow)
     checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints; 0: only at the end
     val_samples: int = Field(512, ge=0)  # held-out samples for the final validation loss
+    caption_dropout: float = Field(0.0, ge=0, lt=1)  # samples trained without caption (for CFG)
+
+
+class EvalSpec(_Frozen):
+    """End-of-trial evaluation beyond the validation loss: the OOD split's loss and FID."""
+
+    ood: bool = True  # loss on the dataset's `ood` split, when it has one
+    ood_samples: int = Field(512, ge=16)
+    fid: bool = False
+    fid_extractor: Literal["inception", "clip-vit-l-14"] = "inception"
+    fid_extractor_path: str | None = None  # TorchScript file (inception) or CLIP directory/name
+    fid_samples: int = Field(256, ge=16)  # generated images per trial
+    fid_reference_samples: int = Field(1024, ge=16)  # real val images (statistics cached)
+    sampler_steps: int = Field(20, ge=1)  # Euler steps of the probability-flow ODE
+    cfg_scale: float = Field(1.5, ge=0)  # classifier-free guidance; 1 = none
+    fid_batch_size: int = Field(64, ge=1)
 
 
 class ResourcesSpec(_Frozen):
@@ -152,6 +175,7 @@ class StudySpec(_Frozen):
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     trainer: TrainerSpec = TrainerSpec()
+    eval: EvalSpec = EvalSpec()
     resources: ResourcesSpec = ResourcesSpec()
     tracking: TrackingSpec = TrackingSpec()
     storage: StorageSpec = StorageSpec()
@@ -171,6 +195,13 @@ class StudySpec(_Frozen):
             raise ValueError(f"trainer.micro_batch {t.micro_batch} does not divide the "
                              f"{t.batch_size // workers} samples each worker takes per step "
                              f"(trainer.batch_size / resources.workers)")
+        e = self.eval
+        if e.fid and e.cfg_scale != 1 and self.trainer.caption_dropout == 0:
+            raise ValueError(f"eval.cfg_scale = {e.cfg_scale:g} (classifier-free guidance) needs "
+                             "trainer.caption_dropout > 0, or set cfg_scale = 1")
+        if e.fid and self.data.source == "builtin" and e.fid_samples > self.data.val_samples:
+            raise ValueError(f"eval.fid_samples = {e.fid_samples} exceeds data.val_samples = "
+                             f"{self.data.val_samples}: FID takes one caption per sample")
         return self
 
     # Resolved locations (absolute), so Ray workers in other directories agree on them.
@@ -185,6 +216,11 @@ class StudySpec(_Frozen):
     @property
     def artifact_root(self) -> str:
         return self.tracking.artifact_root or str(self.output_path / "artifacts")
+
+    @property
+    def fid_cache(self) -> Path:
+        """Where FID reference statistics are cached (shared by the study's trials)."""
+        return self.output_path / "fid-stats"
 
     @property
     def storage_path(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray.train
 import ray.train.torch
@@ -20,6 +21,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
 from scaling.train import TrainConfig, train
 from search.grid import TrialSpec, plan
@@ -40,6 +42,11 @@ class StudyContext:
     template: DiTConfig  # model family and data dimensions; shape replaced per trial
     train_urls: tuple[str, ...]
     val_urls: tuple[str, ...]
+    ood_urls: tuple[str, ...] = ()
+    dataset_root: str = ""  # holds dataset.json, logged to every trial run
+    dataset_hash: str = ""
+    autoencoder: str | None = None  # decodes latents for FID
+    latent_scale: float = 1.0
 
     @property
     def study_spec(self) -> StudySpec:
@@ -47,6 +54,25 @@ class StudyContext:
 
     def train_run_name(self, trial_key: str) -> str:
         return f"{self.study}-{self.study_run_id[:8]}-{trial_key}"
+
+
+def eval_config(ctx: StudyContext) -> EvalConfig | None:
+    """The spec's end-of-trial evaluation for this study's dataset; None if there is nothing."""
+    spec = ctx.study_spec
+    e = spec.eval
+    ood = ctx.ood_urls if e.ood else ()
+    fid = None
+    if e.fid:
+        fid = FIDConfig(
+            caption_urls=ctx.val_urls, reference_urls=ctx.val_urls,
+            dataset=f"{ctx.dataset_hash}/val", cache_dir=str(spec.fid_cache),
+            extractor=e.fid_extractor, extractor_path=e.fid_extractor_path,
+            samples=e.fid_samples, reference_samples=e.fid_reference_samples,
+            steps=e.sampler_steps, cfg_scale=e.cfg_scale, batch_size=e.fid_batch_size,
+            autoencoder=ctx.autoencoder, latent_scale=ctx.latent_scale)
+    if not ood and fid is None:
+        return None
+    return EvalConfig(ood_urls=ood, ood_samples=e.ood_samples, fid=fid)
 
 
 def parallel_for(params: int, spec: StudySpec) -> str:
@@ -81,7 +107,8 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         threads=max(1, math.floor(spec.resources.cpus_per_worker)),
         micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
         parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
-        data_workers=t.data_workers)
+        data_workers=t.data_workers,
+        caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
         "params": p.params, "non_embedding_params": p.non_embedding_params,
@@ -95,7 +122,13 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         "schedule": t.schedule,
         "micro_batch": t.micro_batch or t.batch_size // spec.resources.workers,
         "precision": t.precision, "compile": t.compile, "parallel": cfg.parallel,
+        "caption_dropout": t.caption_dropout, "dataset_hash": ctx.dataset_hash,
     }
+    if cfg.eval is not None and cfg.eval.fid is not None:
+        f = cfg.eval.fid
+        params.update({"fid_extractor": f.extractor, "fid_samples": f.samples,
+                       "fid_reference_samples": f.reference_samples,
+                       "sampler_steps": f.steps, "cfg_scale": f.cfg_scale})
     return cfg, {k: str(v) for k, v in params.items()}
 
 
@@ -137,6 +170,9 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     cfg, params = train_config(ctx, trial, config)
     tracking = Tracking(ctx.tracking_uri)
     run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget)
+    dataset_json = Path(ctx.dataset_root) / "dataset.json"
+    if ctx.dataset_root and dataset_json.is_file():
+        tracking.log_artifacts(run_id, [dataset_json], "data")
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:

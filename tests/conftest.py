@@ -1,4 +1,5 @@
-"""Shared fixtures: one small built-in dataset per session (real shards, real text features)."""
+"""Shared fixtures: one small built-in dataset per session (real shards, real text features) and a
+tiny random CLIP vision tower saved with `save_pretrained`, for FID."""
 
 import pytest
 
@@ -10,3 +11,21 @@ def tiny_data(tmp_path_factory) -> DatasetInfo:
     return write_builtin_dataset(tmp_path_factory.mktemp("tiny") / "data", image_size=16,
                                  train_samples=512, val_samples=128, ood_samples=64,
                                  samples_per_shard=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A 2-layer random CLIPVisionModelWithProjection (32 px, 16-d embeddings) with its image
+    processor config, saved to a directory and loaded the real way by `scaling.fid`."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8,
+                              projection_dim=16)
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                       ).save_pretrained(path)
+    return str(path)

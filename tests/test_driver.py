@@ -41,3 +41,19 @@ def test_model_template_follows_the_dataset(tiny_data):
     assert (t.image_size, t.in_channels, t.text_dim, t.text_len, t.patch_size) == (
         tiny_data.image_size, tiny_data.channels, tiny_data.text_dim, tiny_data.text_len, 2)
     assert t.shape == ModelShape(1, 16, 1)
+
+
+def test_a_prepared_dataset_must_match_the_encoders_the_spec_names(tiny_data):
+    from search.driver import prepare_data
+    from search.spec import SpecError
+
+    base = {"name": "d", "budgets": [1e11, 1e12]}
+    ok = parse_spec({**base, "data": {"source": "path", "path": str(tiny_data.root),
+                                      "text_encoder": tiny_data.text_encoder}})
+    assert prepare_data(ok, print).content_hash == tiny_data.content_hash
+    bad = parse_spec({**base, "data": {"source": "path", "path": str(tiny_data.root),
+                                       "text_encoder": "t5-small", "autoencoder": "/vae"}})
+    with pytest.raises(SpecError) as err:
+        prepare_data(bad, print)
+    assert "data.text_encoder: 't5-small', but" in str(err.value)
+    assert "data.autoencoder: '/vae', but" in str(err.value) and "holds pixels" in str(err.value)

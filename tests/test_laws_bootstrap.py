@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scaling.laws.bootstrap import interval, resample
+from scaling.laws.bootstrap import interval, resample, spreads
 
 
 def test_resampling_stays_within_groups_and_keeps_three_sizes():
@@ -39,3 +39,17 @@ def test_interval_is_the_central_95_percent():
     draws = np.arange(1001.0)
     lo, hi = interval(draws)
     assert lo == pytest.approx(25.0) and hi == pytest.approx(975.0)
+
+
+def test_noise_can_differ_per_run():
+    params = np.arange(1, 7.0)
+    sigma = np.array([0, 0, 0, 0.02, 0.02, 0.02])
+    r = resample([np.arange(3), np.arange(3, 6)], params, np.ones(6), 2000,
+                 np.random.default_rng(3), noise_sigma=sigma)
+    assert np.all(r.losses[:, :3] == 1.0)
+    assert np.log(r.losses[:, 3:]).std() == pytest.approx(0.02, rel=0.05)
+
+
+def test_spreads_tells_constant_draws_from_varying_ones():
+    draws = np.stack([np.full(50, 7.3), 7.3 + 1e-6 * np.arange(50), np.full(50, 1e-14)], 1)
+    assert spreads(draws, np.array([7.3, 7.3, 1e-14])).tolist() == [False, True, False]

@@ -1,14 +1,19 @@
 import json
 import math
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws, paper_law
+from scaling.laws.fit import disagreements
 from scaling.runs_table import RunPoint, RunsTableError, read_runs, write_runs
 from scaling.surface import PAPER_BUDGETS, SURFACES, synthetic_study
 
 FAST = FitOptions(draws=200)
+DATA = Path(__file__).parent / "data"  # runs of two real CPU studies, as the service wrote them
 
 
 def study(name="chinchilla", seed=0, **kw):
@@ -44,20 +49,41 @@ def test_off_centre_grid_is_flagged():
     assert "Warnings:" in fit.table()
 
 
-def test_biased_approach2_is_flagged_against_approach3():
+def test_biased_approach2_is_flagged_and_its_interval_stays_honest():
     # Grids drifting across the optimum on a surface with alpha != beta bias the parabolas'
-    # vertices (arXiv 2603.22339); Approach 3 does not care where the grid sits.
+    # vertices (arXiv 2603.22339), each budget by its own amount: the optima leave their line by
+    # more than their intervals allow, and the law's interval widens to cover the truth.
+    truth = SURFACES["asymmetric"].exponents().a
     points = study("asymmetric", 0, sizes=15, width=1.0, offset=np.linspace(-0.8, 0.8, 6),
                    rel_sigma=0.001)
     fit = fit_laws(points, FitOptions(draws=200, floor_spacing=0.0))
-    agree = fit.agreement()
-    assert not agree["a"]["consistent"]
-    assert any("disagree on the N_opt exponent a" in w and "2603.22339" in w
+    assert abs(fit.n_opt.exponent - truth) > 0.03 and fit.n_opt.scatter > 2
+    assert fit.n_opt.exponent_ci[0] <= truth <= fit.n_opt.exponent_ci[1]
+    assert any(w.startswith("the N_opt optima scatter") and "2603.22339" in w
                for w in fit.warnings)
+    assert sum("not centred" in w for w in fit.warnings) == 4
+    assert fit.approach3.ci["a"][0] <= truth <= fit.approach3.ci["a"][1]
     centred = fit_laws(study("asymmetric", 0, sizes=15, width=1.0, rel_sigma=0.001),
                        FitOptions(draws=200, floor_spacing=0.0))
     assert centred.agreement()["a"]["consistent"]
-    assert not any("disagree" in w for w in centred.warnings)
+    assert not any("disagree" in w or "N_opt optima scatter" in w for w in centred.warnings)
+    # The loss at the optimum is E + K C^-gamma here, not a pure power law; that is said too.
+    assert any(w.startswith("the loss optima scatter") and "saturating form" in w
+               for w in centred.warnings)
+
+
+def test_approaches_that_disagree_beyond_their_intervals_are_flagged():
+    fit = fit_laws(study(seed=12), FAST)
+    assert disagreements(fit) == []
+    p = fit.approach3
+    # The same Approach 3 fit, had it found alpha half as large, would imply a = 0.68.
+    moved = replace(fit, approach3=replace(p, alpha=p.alpha / 2, ci={
+        **p.ci, "a": (0.67, 0.69), "b": (0.31, 0.33)}))
+    (a, b) = disagreements(moved)
+    assert a.startswith("Approaches 2 and 3 disagree on the N_opt exponent a: ")
+    assert "vs 0.6" in a and "[0.6700, 0.6900]" in a and "2603.22339" in a
+    assert b.startswith("Approaches 2 and 3 disagree on the D_opt exponent b: ")
+    assert "DISAGREE" in moved.table() and not moved.agreement()["a"]["consistent"]
 
 
 def test_intervals_shrink_when_points_are_added():
@@ -225,3 +251,64 @@ def test_noise_option_widens_intervals():
     def width(f):
         return f.n_opt.exponent_ci[1] - f.n_opt.exponent_ci[0]
     assert width(noisy) > 1.2 * width(base)
+
+
+def widths(fit):
+    return {name: (law.exponent_ci[1] - law.exponent_ci[0]) if law.exponent_ci else None
+            for name in ("n_opt", "d_opt", "loss") if (law := fit.law(name))}
+
+
+def test_three_size_budgets_get_seed_noise_not_zero_width_intervals():
+    # A real 2-budget x 3-size study used to print the loss law's interval as [-0.3657, -0.3657]
+    # and every Approach 3 interval with zero width: three runs resampled are always the same.
+    fit = fit_laws(read_runs(DATA / "runs_2x3.csv"), FAST)
+    assert all(w > 0.005 for w in widths(fit).values()), widths(fit)
+    assert all(b.loss_opt_ci[0] < b.loss_opt < b.loss_opt_ci[1] for b in fit.budgets)
+    assert any("5e+10, 1e+11 FLOPs have fewer than 5 sizes" in w and "0.50%" in w
+               for w in fit.warnings)
+    assert any(w.startswith("the laws rest on 2 budgets") for w in fit.warnings)
+    p = fit.approach3
+    assert p.at_bound == ("E",) and p.ci["E"] is None
+    assert all(p.ci[n][0] < p.ci[n][1] for n in ("A", "B", "alpha", "beta", "a", "b"))
+    assert "E ended on its bound" in " ".join(fit.warnings)
+
+
+def test_without_seed_noise_unknown_intervals_are_said_to_be_unknown():
+    fit = fit_laws(read_runs(DATA / "runs_2x3.csv"), FitOptions(draws=200, seed_noise=0))
+    assert fit.loss.exponent_ci is None and fit.loss.draws is None
+    assert fit.n_opt.exponent_ci is not None  # the floor on log N_opt is a stated assumption
+    assert all(v is None for v in fit.approach3.ci.values())
+    assert fit.agreement() is None
+    text = fit.table()
+    assert re.search(r"loss at optimum .* not estimable", text)
+    assert "the loss law's interval cannot be estimated" in text
+    data = json.loads(fit.to_json())
+    assert data["approach2"]["loss"]["exponent_ci"] is None
+    assert data["approach3"]["ci"]["alpha"] is None
+    assert LawFit.from_json(fit.to_json()).to_json() == fit.to_json()
+    pred = fit.predict(1e12)
+    assert pred.loss.ci is None and pred.n_opt.ci is not None
+    assert "no interval on loss at optimum" in pred.text()
+    for w in (fit.to_json(), text):
+        assert not re.search(r"\[(-?[0-9.e+-]+), \1\]", w)  # no zero-width interval anywhere
+
+
+def test_seed_noise_follows_the_residuals_when_they_are_larger():
+    # Budgets with 9 sizes and 2% noise show their noise level; a 3-size budget gets at least it.
+    points = study(seed=11, rel_sigma=0.02)
+    third = sorted(p.params for p in points if p.compute == 1e18)[2::3]
+    points = [p for p in points if p.compute != 1e18 or p.params in third]
+    fit = fit_laws(points, FitOptions(draws=100, approach3=False))
+    (note,) = [w for w in fit.warnings if "fewer than 5 sizes" in w]
+    sd = float(re.search(r"relative sd ([0-9.]+)%", note).group(1)) / 100
+    assert "1e+18 FLOPs" in note and 0.012 < sd < 0.04
+
+
+def test_real_demo_study_flags_e_on_its_bound():
+    # The 3-budget x 5-size CPU demo study printed "E 5.213e-14 [5.213e-14, 5.213e-14]".
+    fit = fit_laws(read_runs(DATA / "runs_3x5.csv"), FAST)
+    p = fit.approach3
+    assert p.at_bound == ("E",) and p.ci["E"] is None
+    assert any(w.startswith("Approach 3: E ended on its bound") for w in fit.warnings)
+    assert "E ended on a bound: do not trust this fit" in fit.table()
+    assert not any("fewer than 5 sizes" in w for w in fit.warnings)

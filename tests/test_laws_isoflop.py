@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scaling.laws.bootstrap import resample
-from scaling.laws.isoflop import fit_budget
+from scaling.laws.isoflop import fit_budget, residual_ss
 
 C = 1e18
 
@@ -27,7 +27,13 @@ def test_exact_parabola_gives_its_vertex():
     assert math.log10(fit.n_opt) == pytest.approx(7.53, abs=1e-9)
     assert fit.loss_opt == pytest.approx(3.0)
     assert fit.d_opt == pytest.approx(C / (6 * fit.n_opt))
-    assert fit.centred and not fit.refused and fit.message == ""
+    assert fit.centred and not fit.refused
+    # Losses exactly on a parabola: the optimum's loss does not move in any draw.
+    assert fit.loss_opt_ci is None and fit.n_opt_ci is not None
+    assert fit.message.endswith("the interval of loss_opt cannot be estimated: its bootstrap "
+                                "draws do not vary (its 9 runs, 9 sizes, cannot be resampled apart "
+                                "or lie exactly on the parabola); add sizes or seed noise "
+                                "(FitOptions.seed_noise)")
     assert fit.points == 9 and fit.suggested_sizes == ()
     c0, c1, c2 = fit.parabola
     assert c0 + c1 * 7.2 + c2 * 7.2**2 == pytest.approx(3.0 + 0.05 * 0.33**2)
@@ -84,8 +90,22 @@ def test_floor_on_the_optimums_spread():
     x = np.array([7.0, 7.5, 8.0])  # three runs: every resample is the same, no spread of its own
     fit, draws = budget(7.5, x, floor_spacing=0.33)
     assert draws.log_n.std() == pytest.approx(0.33 * 0.5, rel=0.15)
-    _, bare = budget(7.5, x, floor_spacing=0.0)
+    assert fit.n_opt_ci is not None and fit.n_opt_ci[0] < fit.n_opt < fit.n_opt_ci[1]
+    # Without the floor nothing spreads: no interval rather than a zero-width one.
+    bare_fit, bare = budget(7.5, x, floor_spacing=0.0)
     assert bare.log_n.std() < 1e-12
+    assert bare_fit.n_opt_ci is None and bare_fit.loss_opt_ci is None
+    assert "interval of N_opt and loss_opt cannot be estimated" in bare_fit.message
+    assert fit.loss_opt_ci is None and "loss_opt cannot be estimated" in fit.message
+
+
+def test_residual_sum_of_squares_for_pooling():
+    x = np.linspace(7.0, 8.0, 7)
+    rng = np.random.default_rng(0)
+    losses = (3.0 + 0.1 * (x - 7.5) ** 2) * np.exp(0.01 * rng.standard_normal(7))
+    ss, dof = residual_ss(10**x, losses)
+    assert dof == 4 and 0.003 < np.sqrt(ss / dof) < 0.03
+    assert residual_ss(10 ** x[:3], losses[:3]) == (0.0, 0)
 
 
 def test_edge_draws_are_reported():

@@ -79,3 +79,34 @@ def test_saturating_law_is_recovered():
     assert law(1e18) == pytest.approx(E + A * 1e18**-alpha, rel=1e-4)
     with pytest.raises(ValueError, match="at least 3 budgets"):
         fit_saturating(C[:2], loss[:2], draws[:, :2], np.ones(2))
+
+
+def test_optima_scattered_beyond_their_intervals_widen_the_law():
+    rng = np.random.default_rng(1)
+    log_y = np.log10(C**0.5) + 0.05 * rng.standard_normal(6)  # scatter 0.05...
+    narrow = fit_power_law(C, log_y, draws_around(log_y, np.full(6, 0.005)))  # ...sd 0.005
+    assert narrow.scatter > 5
+    honest = fit_power_law(C, log_y, draws_around(log_y, np.full(6, 0.05)))
+    assert honest.scatter < 2
+    width = [law.exponent_ci[1] - law.exponent_ci[0] for law in (narrow, honest)]
+    assert width[0] == pytest.approx(width[1], rel=0.5)
+    two = fit_power_law(C[:2], log_y[:2], draws_around(log_y[:2], np.full(2, 0.005)))
+    assert two.scatter == 1.0
+
+
+def test_law_over_a_budget_without_spread_has_no_interval():
+    log_y = np.log10(C**0.5)
+    draws = draws_around(log_y, np.full(6, 0.02))
+    draws[:, 2] = log_y[2]  # this budget's draws never move
+    law = fit_power_law(C, log_y, draws)
+    assert law.exponent == pytest.approx(0.5)
+    assert law.exponent_ci is None and law.coefficient_ci is None and law.draws is None
+    assert law.interval(1e20) is None
+
+
+def test_saturating_law_with_no_floor_is_flagged():
+    loss = 300.0 * C**-0.18  # a pure power law: E = 0 fits best
+    draws = loss * np.exp(0.002 * np.random.default_rng(0).standard_normal((300, 6)))
+    law = fit_saturating(C, loss, draws, np.full(6, 1.0))
+    assert "E" in law.at_bound and law.ci["E"] is None
+    assert law.ci["alpha"] is not None

@@ -61,3 +61,33 @@ def test_unreadable_files(tmp_path):
     bad.write_text("name = 'x\n")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"eval": {"fid": True}},
+         "eval.cfg_scale = 1.5 (classifier-free guidance) needs trainer.caption_dropout > 0"),
+        ({"eval": {"fid": True, "cfg_scale": 1.0, "fid_samples": 2048}},
+         "eval.fid_samples = 2048 exceeds data.val_samples = 1024"),
+        ({"eval": {"fid_extractor": "vgg"}}, "eval.fid_extractor: 'vgg' is not allowed"),
+        ({"trainer": {"caption_dropout": 1.0}}, "trainer.caption_dropout: 1 is not allowed"),
+        ({"data": {"autoencoder": "/vae"}}, "data.autoencoder applies to prepared datasets"),
+    ],
+)
+def test_eval_and_dataset_fields_are_checked(extra, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "s", "budgets": [1e11, 2e11], **extra})
+    assert expected in str(err.value)
+
+
+def test_fid_with_guidance_and_caption_dropout_is_accepted():
+    spec = parse_spec({"name": "s", "budgets": [1e11, 2e11], "trainer": {"caption_dropout": 0.1},
+                       "eval": {"fid": True, "fid_extractor": "clip-vit-l-14"}})
+    assert spec.eval.cfg_scale == 1.5 and spec.fid_cache == spec.output_path / "fid-stats"
+
+
+def test_demo_fid_spec_is_the_demo_plus_fid():
+    demo, fid = load_spec(DEMO), load_spec(DEMO.with_name("demo_fid.toml"))
+    assert fid.eval.fid and not demo.eval.fid and fid.trainer.caption_dropout > 0
+    assert fid.budgets == demo.budgets and fid.model == demo.model and fid.data == demo.data

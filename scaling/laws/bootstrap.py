@@ -1,7 +1,8 @@
 """Bootstrap draws shared by every fit: points resampled within each budget, optional loss noise.
 
 One draw is a vector of counts (how often each run appears) and a vector of losses (the observed
-ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add seed noise).
+ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add seed noise;
+sigma may differ per run, so that only budgets with few sizes get it).
 Approach 2 and Approach 3 see the same draws, so their intervals come from the same resamples.
 """
 
@@ -33,13 +34,14 @@ def resample(
     losses: np.ndarray,
     draws: int,
     rng: np.random.Generator,
-    noise_sigma: float = 0.0,
+    noise_sigma: float | np.ndarray = 0.0,
     min_sizes: int = 3,
 ) -> Resamples:
     """Resample runs with replacement within each group of run indices.
 
     A draw that leaves a group with fewer than `min_sizes` distinct sizes (fewer if the group has
-    fewer) cannot fit a parabola, so that group is drawn again for it.
+    fewer) cannot fit a parabola, so that group is drawn again for it. noise_sigma: relative sd of
+    the noise on each loss, one value or one per run ([n]).
     """
     counts = np.zeros((draws, params.size), dtype=np.int64)
     for members in groups:
@@ -59,11 +61,22 @@ def resample(
             block[short] = 1  # vanishingly rare: keep every run once
         counts[:, members] = block
     noisy = np.broadcast_to(losses, counts.shape).copy()
-    if noise_sigma > 0:
-        noisy *= np.exp(noise_sigma * rng.standard_normal(noisy.shape))
+    sigma = np.broadcast_to(np.asarray(noise_sigma, dtype=float), (params.size,))
+    if (sigma > 0).any():
+        noisy *= np.exp(sigma * rng.standard_normal(noisy.shape))
     return Resamples(counts, noisy)
 
 
 def interval(draws: np.ndarray, axis: int = 0) -> np.ndarray:
     """95% percentile interval of the draws along `axis`, ignoring NaN: [lo, hi] first."""
     return np.nanpercentile(draws, PERCENTILES, axis=axis)
+
+
+def spreads(draws: np.ndarray, centre: float | np.ndarray = 0.0, axis: int = 0) -> np.ndarray:
+    """Whether the draws vary at all along `axis`: by more than 1e-9 x max(|centre|, 1).
+
+    Draws that do not vary carry no information on uncertainty (a budget of three sizes resampled
+    without noise gives the same three runs every time); their percentile interval would have zero
+    width, so callers report no interval instead."""
+    scale = 1e-9 * np.maximum(np.abs(np.asarray(centre, dtype=float)), 1.0)
+    return np.nanmax(draws, axis=axis) - np.nanmin(draws, axis=axis) > scale

@@ -14,6 +14,10 @@ the vertex x* = -c1 / (2 c2) is the optimum. Rules a researcher can rely on:
   budgets the 95% interval covered the truth about 90% of the time before, 93% after). The spread
   of log10 N_opt never goes below `floor_spacing` x the grid's log10 spacing (Porian et al. 2024
   use 0.33): draws narrower than that get Gaussian jitter to reach it.
+- Draws that do not vary at all say nothing about uncertainty: a budget of exactly three sizes
+  resampled without seed noise gives the same three runs in every draw. Such an interval is
+  reported as None with a message, never as a zero-width one. (`fit_laws` avoids the case by
+  default: budgets with few sizes get seed noise, see `FitOptions.seed_noise`.)
 - D_opt comes from the budget's own tokens: log10 D is fitted linearly in log10 N over its runs
   (exactly C / (6 N) under the 6ND convention). FID at the optimum is a parabola of log10 FID in
   log10 N evaluated at N_opt, from the runs that measured FID (at least 3 sizes).
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling.laws.bootstrap import interval
+from scaling.laws.bootstrap import interval, spreads
 
 EDGE_NOTE = 0.2  # share of edge draws above which the budget's interval is called truncated
 
@@ -195,23 +199,44 @@ def fit_budget(
     if edge_fraction > EDGE_NOTE:
         messages.append(f"{where}: in {edge_fraction:.0%} of bootstrap draws the minimum sat at "
                         "the edge of the sampled sizes, so its interval is truncated there")
-    ci = interval(np.stack([log_n, log_d, log_loss], 1))
+    stacked = np.stack([log_n, log_d, log_loss], 1)
+    ci = interval(stacked)
+    varies = spreads(stacked)
+    fid_varies = log_fid is not None and bool(spreads(log_fid))
+    flat = [name for name, ok in (("N_opt", varies[0]), ("loss_opt", varies[2]),
+                                  ("FID", fid_varies or log_fid is None)) if not ok]
+    if flat:
+        messages.append(f"{where}: the interval of {' and '.join(flat)} cannot be estimated: "
+                        f"its bootstrap draws do not vary (its {x.size} runs, "
+                        f"{np.unique(x).size} sizes, cannot be resampled apart or lie exactly on "
+                        "the parabola); add sizes or seed noise (FitOptions.seed_noise)")
     fit = BudgetFit(
         centred=centred,
         n_opt=float(10**x_opt),
-        n_opt_ci=_pair(ci[:, 0]),
+        n_opt_ci=_pair(ci[:, 0]) if varies[0] else None,
         d_opt=float(10 ** (intercept + slope * x_opt)),
-        d_opt_ci=_pair(ci[:, 1]),
+        d_opt_ci=_pair(ci[:, 1]) if varies[1] else None,
         loss_opt=float(loss_opt),
-        loss_opt_ci=_pair(ci[:, 2]),
+        loss_opt_ci=_pair(ci[:, 2]) if varies[2] else None,
         fid_opt=fid_opt,
-        fid_opt_ci=None if log_fid is None else _pair(interval(log_fid)),
+        fid_opt_ci=_pair(interval(log_fid)) if fid_varies else None,
         edge_fraction=edge_fraction,
         suggested_sizes=sizes,
         message="; ".join(messages),
         **report,
     )
     return fit, BudgetDraws(log_n, log_d, log_loss, log_fid)
+
+
+def residual_ss(params: np.ndarray, losses: np.ndarray) -> tuple[float, int]:
+    """Sum of squared relative residuals of one budget's parabola and its degrees of freedom
+    (runs - 3), for pooling the seed-to-seed noise over budgets; (0, 0) with 3 runs or fewer."""
+    if params.size <= 3:
+        return 0.0, 0
+    x = np.log10(params)
+    coef = np.polynomial.polynomial.polyfit(x - x.mean(), losses, 2)
+    fitted = np.polynomial.polynomial.polyval(x - x.mean(), coef)
+    return float((np.log(losses / np.maximum(fitted, 1e-300)) ** 2).sum()), int(params.size - 3)
 
 
 def _fid_draws(

@@ -12,11 +12,21 @@ averaged: averaging stops the optimiser early), with L-BFGS-B from a grid of sta
   objective start scipy's L-BFGS-B, and the lowest optimum wins.
 - log N and log D are centred before fitting (a' = a - alpha mean log N) so that the coefficient
   and its exponent are not nearly collinear; the reported A and B are for N and D themselves.
-- Bootstrap: each draw (the shared resamples of `bootstrap.resample`, weights = counts) restarts
-  from the optimum (and any other local optimum the grid found) with the same objective and bounds,
-  solved by the vectorised L-BFGS of `batched_lbfgs`.
+- Bootstrap: each draw (the shared resamples of `bootstrap.resample`, weights = counts) is refitted
+  by scipy's L-BFGS-B warm-started from the full-data optimum, and also from any other local
+  optimum of the grid runs whose objective is within `CLOSE` of the best (a draw may prefer it);
+  the lower of the two wins. Runs a draw leaves out are dropped from its objective.
 - a = beta / (alpha + beta) and b = alpha / (alpha + beta) are the implied exponents of N_opt and
   D_opt (C = 6 N D), with intervals from the same draws.
+
+Bounds. The exponents are boxed in [1e-3, 4]; E, A and B are positive by construction, and their
+natural bound is 0: a term whose share of every fitted loss is below 1e-6 has left the fit (its
+log-coefficient drifts towards -infinity, where its gradient vanishes, so bootstrap draws started
+there cannot leave and would print a zero-width interval). Any parameter on a bound is named in
+`at_bound`, its interval is None (with the exponent or coefficient it carries), and the fit is
+flagged as not trustworthy. An interval whose draws do not vary at all is None too, never
+zero-width; and when more than 2.5% of draws end on a bound, a note says the interval's end there
+is the bound.
 """
 
 from __future__ import annotations
@@ -26,8 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from scaling.laws.batched_lbfgs import minimize_batched
-from scaling.laws.bootstrap import interval
+from scaling.laws.bootstrap import interval, spreads
 
 HUBER_DELTA = 1e-3
 GRID = np.arange(0.05, 2.0001, 0.05)
@@ -35,15 +44,22 @@ STARTS = 6
 # Bounds on (e, a', b', alpha, beta): exponents positive and finite, log-coefficients loose.
 LOWER = np.array([-50.0, -50.0, -50.0, 1e-3, 1e-3])
 UPPER = np.array([50.0, 50.0, 50.0, 4.0, 4.0])
+BOUNDS = list(zip(LOWER, UPPER, strict=True))
 NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
+NEGLIGIBLE = 1e-6  # a term below this share of every fitted loss has left the fit
+CLOSE = 0.1  # a second local optimum also starts the draws when within 10% of the best objective
+BOUND_DRAWS = 0.025  # share of draws on a bound above which the 95% interval ends on it
+TOLERANCES = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 2000}
 
 
 @dataclass(frozen=True)
 class ParametricFit:
     """L(N, D) = E + A / N^alpha + B / D^beta, N in parameters, D in tokens; 95% intervals in `ci`.
 
+    ci[name] is None where the interval cannot be estimated (see the module docstring).
     draws: [draws, 5] bootstrap draws of (E, A, B, alpha, beta); points: runs fitted;
-    at_bound: names of exponents that ended on their bound (the fit is then not trustworthy).
+    at_bound: names of parameters that ended on a bound (the fit is then not trustworthy);
+    notes: plain-text reasons for every missing or truncated interval.
     """
 
     E: float
@@ -51,10 +67,11 @@ class ParametricFit:
     B: float
     alpha: float
     beta: float
-    ci: dict[str, tuple[float, float]]
+    ci: dict[str, tuple[float, float] | None]
     points: int
     draws: np.ndarray | None = None
     at_bound: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def a(self) -> float:
@@ -71,33 +88,62 @@ class ParametricFit:
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
 
+def _residuals(
+    theta: np.ndarray, u: np.ndarray, v: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """theta [..., 5] = (e, a', b', alpha, beta); u, v centred log N, log D; y log loss, [n].
+
+    Returns r = log L_hat - log L [..., n] and the shares of the A, B and E terms in L_hat."""
+    e, a, b, alpha, beta = (theta[..., i, None] for i in range(5))
+    t1, t2 = a - alpha * u, b - beta * v
+    top = np.maximum(np.maximum(t1, t2), e)
+    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
+    total = e1 + e2 + e3
+    return top + np.log(total) - y, e1 / total, e2 / total, e3 / total
+
+
+def _huber(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Huber / delta and its derivative: r^2 / (2 delta) inside, |r| - delta / 2 outside."""
+    ar = np.abs(r)
+    h = np.where(ar <= HUBER_DELTA, 0.5 * r * r / HUBER_DELTA, ar - 0.5 * HUBER_DELTA)
+    return h, np.clip(r / HUBER_DELTA, -1.0, 1.0)
+
+
+def _objective(
+    theta: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Weighted Huber sum and its gradient for one theta [5]; w: copies of each run.
+
+    `_residuals` and `_huber` written out for a single theta: scipy calls this ~40 times per
+    bootstrap draw, and the general forms cost twice as much."""
+    e, a, b, alpha, beta = theta
+    t1, t2 = a - alpha * u, b - beta * v
+    top = np.maximum(np.maximum(t1, t2), e)
+    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(e - top)
+    total = e1 + e2 + e3
+    r = top + np.log(total) - y
+    ar = np.abs(r)
+    inside = ar <= HUBER_DELTA
+    h = np.where(inside, 0.5 * r * r / HUBER_DELTA, ar - 0.5 * HUBER_DELTA)
+    dr = w * np.where(inside, r / HUBER_DELTA, np.sign(r)) / total
+    g1, g2 = dr * e1, dr * e2
+    return float(w @ h), np.array([dr @ e3, g1.sum(), g2.sum(), -(g1 @ u), -(g2 @ v)])
+
+
+def _lbfgsb(start: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray,
+            y: np.ndarray) -> tuple[float, np.ndarray]:
+    res = minimize(_objective, start, args=(u, v, w, y), jac=True, method="L-BFGS-B",
+                   bounds=BOUNDS, options=TOLERANCES)
+    return float(res.fun), res.x
+
+
 class _Problem:
-    """The summed Huber objective in centred coordinates, theta = (e, a', b', alpha, beta)."""
+    """Centred coordinates of the runs: theta = (e, a', b', alpha, beta) with a' = a - alpha cn."""
 
     def __init__(self, params: np.ndarray, tokens: np.ndarray) -> None:
         log_n, log_d = np.log(params), np.log(tokens)
         self.cn, self.cd = log_n.mean(), log_d.mean()
         self.u, self.v = log_n - self.cn, log_d - self.cd
-
-    def __call__(
-        self, theta: np.ndarray, weights: np.ndarray, log_loss: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """theta [K, 5]; weights, log_loss [K, n] or broadcastable -> (f [K], gradient [K, 5])."""
-        t1 = theta[:, 1:2] - theta[:, 3:4] * self.u
-        t2 = theta[:, 2:3] - theta[:, 4:5] * self.v
-        t3 = theta[:, 0:1]
-        top = np.maximum(np.maximum(t1, t2), t3)
-        e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
-        total = e1 + e2 + e3
-        r = top + np.log(total) - log_loss
-        # Huber / delta: r^2 / (2 delta) inside, |r| - delta / 2 outside; same minimiser.
-        ar = np.abs(r)
-        h = np.where(ar <= HUBER_DELTA, 0.5 * r * r / HUBER_DELTA, ar - 0.5 * HUBER_DELTA)
-        dr = weights * np.clip(r / HUBER_DELTA, -1.0, 1.0) / total
-        grad = np.stack(
-            [(dr * e3).sum(1), (dr * e1).sum(1), (dr * e2).sum(1),
-             -(dr * e1 * self.u).sum(1), -(dr * e2 * self.v).sum(1)], 1)
-        return (weights * h).sum(1), grad
 
     def natural(self, theta: np.ndarray) -> np.ndarray:
         """(e, a', b', alpha, beta) [K, 5] -> (E, A, B, alpha, beta) [K, 5]."""
@@ -117,8 +163,17 @@ class _Problem:
         # A negative coefficient is not a valid start; a small positive one is.
         coef = np.maximum(coef, 1e-3 * losses.min())
         theta = np.concatenate([np.log(coef), al[:, None], be[:, None]], 1)
-        f, _ = self(theta, np.ones((1, self.u.size)), np.log(losses))
+        f = _huber(_residuals(theta, self.u, self.v, np.log(losses))[0])[0].sum(1)
         return theta[np.argsort(f)[:STARTS]]
+
+    def on_bound(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Booleans [..., 5] each: `gone`, the E, A or B term is below NEGLIGIBLE of every fitted
+        loss (its coefficient is on its natural bound 0); `edge`, within 1% of the box."""
+        _, p1, p2, p3 = _residuals(theta, self.u, self.v, np.zeros_like(self.u))
+        gone = np.zeros(theta.shape, bool)
+        gone[..., :3] = np.stack([p3.max(-1), p1.max(-1), p2.max(-1)], -1) < NEGLIGIBLE
+        edge = (theta <= LOWER + 0.01 * np.abs(LOWER)) | (theta >= UPPER - 0.01 * np.abs(UPPER))
+        return gone, edge
 
 
 def fit_parametric(
@@ -135,45 +190,58 @@ def fit_parametric(
     if params.size < 5:
         raise ValueError(f"Approach 3 fits 5 parameters: it needs 5 runs, got {params.size}")
     problem = _Problem(params, tokens)
-    log_loss = np.log(losses)
-    ones = np.ones((1, params.size))
-
-    def scalar(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = problem(theta[None, :], ones, log_loss)
-        return float(f[0]), g[0]
-
-    optima: list[tuple[float, np.ndarray]] = []
-    for start in problem.grid_starts(losses):
-        res = minimize(scalar, start, jac=True, method="L-BFGS-B",
-                       bounds=list(zip(LOWER, UPPER, strict=True)),
-                       options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000})
-        optima.append((float(res.fun), res.x))
-    optima.sort(key=lambda item: item[0])
-    best = optima[0][1]
-    distinct = [best] + [x for _, x in optima[1:]
-                         if np.abs(x[3:] - best[3:]).max() > 1e-3][:2]
+    u, v, log_loss = problem.u, problem.v, np.log(losses)
+    ones = np.ones(params.size)
+    optima = sorted((_lbfgsb(start, u, v, ones, log_loss)
+                     for start in problem.grid_starts(losses)), key=lambda item: item[0])
+    f_best, best = optima[0]
+    # Another local optimum restarts the draws only when a draw could plausibly prefer it.
+    starts = [best] + [x for f, x in optima[1:] if np.abs(x[3:] - best[3:]).max() > 1e-3
+                       and f <= (1 + CLOSE) * f_best][:1]
     nat = problem.natural(best[None, :])[0]
-    at_bound = tuple(name for name, i in (("alpha", 3), ("beta", 4))
-                     if best[i] <= LOWER[i] * 1.01 or best[i] >= UPPER[i] * 0.99)
+    gone, edge = problem.on_bound(best)
+    at_bound = tuple(NAMES[i] for i in range(5) if gone[i] or edge[i])
+    notes = [f"{NAMES[i]} ended on its bound ({_bound_text(i, gone[i])}); its interval is not "
+             "reported and the fit is not trustworthy" for i in range(5) if gone[i] or edge[i]]
 
     draws, ci = None, {}
     if counts is not None and noisy is not None:
-        w, y = counts.astype(float), np.log(noisy)
-        x_best, f_best = None, None
-        for start in distinct:
-            x, f, _ = minimize_batched(lambda th, rows: problem(th, w[rows], y[rows]),
-                                       np.tile(start, (w.shape[0], 1)), LOWER, UPPER)
-            if x_best is None:
-                x_best, f_best = x, f
-            else:
-                better = f < f_best
-                x_best[better], f_best[better] = x[better], f[better]
-        draws = problem.natural(x_best)
-        s = draws[:, 3] + draws[:, 4]
-        full = np.concatenate([draws, (draws[:, 4] / s)[:, None], (draws[:, 3] / s)[:, None]], 1)
+        log_noisy = np.log(noisy)
+        fitted = np.empty((counts.shape[0], 5))
+        for k in range(counts.shape[0]):
+            keep = counts[k] > 0
+            args = (u[keep], v[keep], counts[k, keep].astype(float), log_noisy[k, keep])
+            fitted[k] = min((_lbfgsb(s, *args) for s in starts), key=lambda item: item[0])[1]
+        draws = problem.natural(fitted)
+        full = np.concatenate([draws, (draws[:, 4] / draws[:, 3:].sum(1))[:, None],
+                               (draws[:, 3] / draws[:, 3:].sum(1))[:, None]], 1)
+        point = np.array([*nat, nat[4] / nat[3:].sum(), nat[3] / nat[3:].sum()])
         bounds = interval(full)
-        ci = {name: (float(bounds[0, i]), float(bounds[1, i])) for i, name in enumerate(NAMES)}
+        varies = spreads(full, point)
+        unknown = set(at_bound) | {NAMES[i] for i in range(7) if not varies[i]}
+        unknown |= {"alpha"} if "A" in unknown else set()  # A gone: alpha carries nothing
+        unknown |= {"beta"} if "B" in unknown else set()
+        unknown |= {"a", "b"} if unknown & {"alpha", "beta"} else set()
+        flat = [name for name in NAMES if not varies[NAMES.index(name)] and name not in at_bound]
+        if flat:
+            notes.append(f"the interval of {', '.join(flat)} cannot be estimated: every bootstrap "
+                         "draw gives the same value (too few runs per budget to resample and no "
+                         "seed noise)")
+        gone, edge = problem.on_bound(fitted)
+        for i in np.flatnonzero((gone | edge).mean(0) > BOUND_DRAWS):
+            if NAMES[i] not in unknown:
+                notes.append(f"{NAMES[i]} ended on a bound in {(gone | edge)[:, i].mean():.0%} "
+                             "of bootstrap draws: its interval ends at the bound")
+        ci = {name: None if name in unknown else (float(bounds[0, i]), float(bounds[1, i]))
+              for i, name in enumerate(NAMES)}
     return ParametricFit(
         E=float(nat[0]), A=float(nat[1]), B=float(nat[2]), alpha=float(nat[3]),
         beta=float(nat[4]), ci=ci, points=int(params.size), draws=draws, at_bound=at_bound,
+        notes=tuple(notes),
     )
+
+
+def _bound_text(i: int, gone: bool) -> str:
+    if gone:
+        return f"{NAMES[i]} ~ 0: its term is below {NEGLIGIBLE:g} of every fitted loss"
+    return f"at the edge of its box [{LOWER[i]:g}, {UPPER[i]:g}]" + (" in log" if i < 3 else "")

@@ -4,15 +4,24 @@ The power law is a weighted least-squares line in log10 space: log10 y = log10 k
 each budget weighted by 1 / sd^2 of its optimum's bootstrap draws (in log10 y). Intervals propagate
 the per-budget uncertainty: bootstrap draw j refits the line on every budget's draw j, so the 95%
 percentile intervals of (k, e) reflect how far each optimum could move, not just the residuals.
+
+Residuals still count: with 3 or more budgets, when the optima scatter about the line more than
+their own intervals allow (weighted chi-square per degree of freedom above 1), the draws are
+widened about the estimate by sqrt(chi2 / dof), the Birge ratio that the Particle Data Group uses
+as its scale factor. A law on 2 budgets passes through both exactly and cannot check this.
+
+A law whose budgets' draws do not vary (see `bootstrap.spreads`) has no interval: it is reported
+with `exponent_ci` and `coefficient_ci` None rather than with a zero-width interval.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from scaling.laws.bootstrap import interval
+from scaling.laws.bootstrap import interval, spreads
 
 SIGNIFICANT = 7  # digits kept in stored draws, so an object and its JSON predict identically
 
@@ -28,6 +37,8 @@ class PowerLaw:
     draws: [draws, 2] array of (coefficient, exponent) pairs, kept together because the two are
     strongly correlated; None for a law quoted without intervals (the paper's).
     budgets: number of budgets the law was fitted on.
+    scatter: the factor (>= 1) by which the draws were widened because the optima scatter about
+    the line more than their intervals allow; 1 when they do not (or with only 2 budgets).
     """
 
     coefficient: float
@@ -36,6 +47,7 @@ class PowerLaw:
     exponent_ci: tuple[float, float] | None = None
     budgets: int = 0
     draws: np.ndarray | None = None
+    scatter: float = 1.0
 
     def __call__(self, compute: float | np.ndarray) -> np.ndarray:
         return self.coefficient * np.asarray(compute, dtype=float) ** self.exponent
@@ -76,7 +88,14 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray)
     x = np.log10(compute)
     w = weights_from_sd(log_draws.std(0))
     b0, b1 = _wls_line(x, log_y, w)
+    if not spreads(log_draws).all():  # some budget's uncertainty is unknown: so is the law's
+        return PowerLaw(coefficient=float(10**b0), exponent=float(b1), budgets=int(compute.size))
+    scatter = 1.0
+    if compute.size > 2:
+        chi2 = float((w * (log_y - b0 - b1 * x) ** 2).sum())
+        scatter = max(1.0, math.sqrt(chi2 / (compute.size - 2)))
     d0, d1 = _wls_line(x, log_draws, w)
+    d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
     draws = _round(np.stack([10**d0, d1], 1))
     ci = interval(draws)
     return PowerLaw(
@@ -86,24 +105,31 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray)
         exponent_ci=(float(ci[0, 1]), float(ci[1, 1])),
         budgets=int(compute.size),
         draws=draws,
+        scatter=scatter,
     )
 
 
 @dataclass(frozen=True)
 class SaturatingLaw:
-    """L = E + A C^-alpha (C in FLOPs), E the irreducible loss; 95% intervals on E, A, alpha."""
+    """L = E + A C^-alpha (C in FLOPs), E the irreducible loss; 95% intervals on E, A, alpha.
+
+    ci[name] is None where the draws do not vary or the estimate sits on a bound; at_bound names
+    the parameters on a bound (E at its floor 0, alpha at an end of its grid [1e-3, 2]).
+    """
 
     E: float
     A: float
     alpha: float
-    ci: dict[str, tuple[float, float]]
+    ci: dict[str, tuple[float, float] | None]
     budgets: int
+    at_bound: tuple[str, ...] = ()
 
     def __call__(self, compute: float | np.ndarray) -> np.ndarray:
         return self.E + self.A * np.asarray(compute, dtype=float) ** -self.alpha
 
 
 ALPHA_GRID = np.geomspace(1e-3, 2.0, 400)
+BOUND_SHARE = 1e-3  # E below this share of the smallest loss counts as on its bound 0
 FINE = 41  # points of the second, local grid around each draw's best coarse alpha
 
 
@@ -173,9 +199,15 @@ def fit_saturating(compute: np.ndarray, loss: np.ndarray, loss_draws: np.ndarray
     point = solve(loss[None, :])[0]
     draws = solve(loss_draws)
     ci = interval(draws)
+    varies = spreads(draws, point)
     names = ("E", "A", "alpha")
+    # E >= 0 is a constraint: an E below a thousandth of the smallest loss sits on it.
+    at_bound = tuple(name for name, on in (
+        ("E", point[0] < BOUND_SHARE * loss.min()),
+        ("alpha", point[2] <= ALPHA_GRID[0] * 1.01 or point[2] >= ALPHA_GRID[-1] * 0.99)) if on)
     return SaturatingLaw(
         E=float(point[0]), A=float(point[1]), alpha=float(point[2]),
-        ci={n: (float(ci[0, i]), float(ci[1, i])) for i, n in enumerate(names)},
-        budgets=int(compute.size),
+        ci={n: (float(ci[0, i]), float(ci[1, i])) if varies[i] and n not in at_bound else None
+            for i, n in enumerate(names)},
+        budgets=int(compute.size), at_bound=at_bound,
     )

@@ -3,21 +3,25 @@
 Conventions: C is training compute in FLOPs, a multiply-add counts as 2 FLOPs, and the study's
 convention (`6ND`: C = 6 N D, or `exact`: 3 x analytic forward FLOPs) is recorded. N is parameters,
 D is tokens, loss is the training loss the study observed (dimensionless), FID is Frechet distance.
-Every interval is a 95% bootstrap percentile interval [lo, hi].
+Every interval is a 95% bootstrap percentile interval [lo, hi]. An interval the data cannot support
+(bootstrap draws that do not vary, a parameter on its bound) is null in JSON and "not estimable"
+in tables, with the reason in `warnings`; an interval is never reported with zero width.
 
 JSON schema (`LawFit.to_dict()`; `to_json()` is the same as text; keys beyond issue 3's core are
 marked +):
 
     {"approach2": {
         "n_opt":  {"coefficient", "exponent", "exponent_ci": [lo, hi], "coefficient_ci": [lo, hi],
-                   "budgets"+},          # N_opt = coefficient * C^exponent, parameters
+                   "budgets"+,           # N_opt = coefficient * C^exponent, parameters
+                   "scatter"+},          # widening for optima scattered beyond their intervals
         "d_opt":  {...},                 # D_opt, tokens
         "loss":   {...},                 # loss at the optimum (exponent negative)
         "fid":    {...} | null,          # FID at the optimum; null without FID measurements
-        "loss_saturating"+: {"E", "A", "alpha", "ci": {name: [lo, hi]}, "budgets"} | null,
+        "loss_saturating"+: {"E", "A", "alpha", "ci": {name: [lo, hi]}, "budgets",
+                             "at_bound"} | null,
                                          # L = E + A * C^-alpha, only when asked for
         "budgets": [{"compute",          # budget, FLOPs
-                     "n_opt", "n_opt_ci",  # parameters; null when the optimum was refused
+                     "n_opt", "n_opt_ci",  # parameters; null when refused (ci: or not estimable)
                      "d_opt", "loss_opt", "points", "centred",
                      "status"+,          # "optimum" or "refused"
                      "log10_n_opt_ci"+, "d_opt_ci"+, "loss_opt_ci"+, "fid_opt"+, "fid_opt_ci"+,
@@ -26,11 +30,11 @@ marked +):
                      "message"+,         # why refused or flagged; "" when fine
                      "params"+, "losses"+, "fids"+,  # the runs, for figures
                      "parabola"+: [c0, c1, c2]}]},  # loss = c0 + c1 x + c2 x^2, x = log10 N
-     "approach3": {"E", "A", "B", "alpha", "beta", "a", "b", "ci": {name: [lo, hi]},
+     "approach3": {"E", "A", "B", "alpha", "beta", "a", "b", "ci": {name: [lo, hi] | null},
                    "points"+, "at_bound"+} | null,   # L(N, D) = E + A/N^alpha + B/D^beta
      "agreement"+: {"a": {"approach2": [v, lo, hi], "approach3": [v, lo, hi], "consistent"},
                     "b": {...}} | null,  # exponents of N_opt (a) and D_opt (b) by both approaches
-     "convention": "6ND", "flops_per_multiply_add": 2,
+     "convention": "6ND", "flops_per_multiply_add": 2, "schema"+: "dit-scaling/laws/1",
      "source"+: "fit" | "paper", "compute_range"+: [lo, hi],  # budgets the laws rest on, FLOPs
      "warnings"+: [str], "options"+: {FitOptions fields} | null,
      "draws"+: {"n_opt": [[coefficient, exponent], ...], "d_opt": ..., "loss": ..., "fid": ...}}
@@ -53,7 +57,9 @@ from scaling.laws.parametric import ParametricFit
 from scaling.laws.powerlaw import PowerLaw, SaturatingLaw
 
 SCHEMA = "dit-scaling/laws/1"
+FEW_SIZES = 5  # budgets with fewer distinct sizes get seed noise in their bootstrap draws
 LAWS = ("n_opt", "d_opt", "loss", "fid")
+NOT_ESTIMABLE = "not estimable"  # printed for an interval the data cannot support (see warnings)
 LAW_LABELS = {"n_opt": "N_opt (parameters)", "d_opt": "D_opt (tokens)", "loss": "loss at optimum",
               "fid": "FID at optimum"}
 
@@ -63,7 +69,13 @@ class FitOptions:
     """How laws are fitted.
 
     draws: bootstrap draws (at least 20; 1,000 for reported intervals).
-    noise_sigma: relative sd of noise added to each loss per draw (Porian et al.: 0.005); 0: none.
+    noise_sigma: relative sd of noise added to every loss per draw (Porian et al.: 0.005); 0: none.
+    seed_noise: relative seed-to-seed sd of a loss assumed for budgets with fewer than
+      `FEW_SIZES` (5) distinct sizes, where resampling runs cannot spread the optimum (with 3
+      sizes every draw is the same runs). Their draws add noise of max(seed_noise, the relative
+      residual sd pooled over the parabolas of budgets with more than 3 runs), so their intervals
+      rest on a stated assumption instead of being zero-width. Default 0.005, the seed-to-seed
+      noise Porian et al. 2024 measured; 0 turns it off, and such intervals are then not reported.
     floor_spacing: floor on the sd of each budget's log10 N_opt draws, as a fraction of its grid's
       log10 spacing (Porian et al.'s 0.33); 0: no floor.
     saturating: also fit L = E + A C^-alpha to the optimum losses (needs 3 budgets).
@@ -74,6 +86,7 @@ class FitOptions:
 
     draws: int = 1000
     noise_sigma: float = 0.0
+    seed_noise: float = 0.005
     floor_spacing: float = 0.33
     saturating: bool = False
     approach3: bool = True
@@ -85,6 +98,8 @@ class FitOptions:
             raise ValueError(f"FitOptions.draws={self.draws} must be at least 20")
         if not (self.noise_sigma >= 0 and math.isfinite(self.noise_sigma)):
             raise ValueError(f"FitOptions.noise_sigma={self.noise_sigma} must be >= 0")
+        if not (self.seed_noise >= 0 and math.isfinite(self.seed_noise)):
+            raise ValueError(f"FitOptions.seed_noise={self.seed_noise} must be >= 0")
         if not (self.floor_spacing >= 0 and math.isfinite(self.floor_spacing)):
             raise ValueError(f"FitOptions.floor_spacing={self.floor_spacing} must be >= 0")
         if self.convention not in ("6ND", "exact"):
@@ -110,6 +125,7 @@ class Prediction:
 
     extrapolation_decades: how far `compute` lies outside the budgets the laws were fitted on, in
     decades (0 inside the range).
+    notes: why a fitted value comes without an interval.
     """
 
     compute: float
@@ -119,6 +135,7 @@ class Prediction:
     fid: Estimate | None
     extrapolation_decades: float
     convention: str
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return clean_json(asdict(self))
@@ -136,6 +153,7 @@ class Prediction:
                          "fitted budgets")
         else:
             lines.append("  within the fitted budgets")
+        lines.extend(f"  {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -177,6 +195,10 @@ class LawFit:
             return Estimate(float(law(compute)),
                             None if ci is None else (float(ci[0]), float(ci[1])))
 
+        laws = {name: law for name in LAWS if (law := self.law(name)) is not None}
+        notes = () if self.source == "paper" else tuple(
+            f"no interval on {LAW_LABELS[name]}: the runs cannot support one (see the fit's "
+            "warnings)" for name, law in laws.items() if law.draws is None)
         return Prediction(
             compute=float(compute),
             n_opt=estimate(self.n_opt),
@@ -185,20 +207,23 @@ class LawFit:
             fid=None if self.fid is None else estimate(self.fid),
             extrapolation_decades=decades,
             convention=self.convention,
+            notes=notes,
         )
 
     def agreement(self) -> dict[str, dict[str, Any]] | None:
         """Approach 2 and 3 exponents of N_opt (a) and D_opt (b); consistent = intervals overlap."""
         p = self.approach3
-        if p is None or not p.ci or self.n_opt.exponent_ci is None:
+        if p is None or not p.ci:
             return None
         out = {}
         for name, law, value in (("a", self.n_opt, p.a), ("b", self.d_opt, p.b)):
+            if law.exponent_ci is None or p.ci.get(name) is None:
+                continue  # an interval that cannot be estimated cannot be compared
             lo2, hi2 = law.exponent_ci
             lo3, hi3 = p.ci[name]
             out[name] = {"approach2": [law.exponent, lo2, hi2], "approach3": [value, lo3, hi3],
                          "consistent": bool(lo2 <= hi3 and lo3 <= hi2)}
-        return out
+        return out or None
 
     # ---- plain text -------------------------------------------------------------------------
 
@@ -215,26 +240,30 @@ class LawFit:
                      f" budgets used, {draws} bootstrap draws, 95% intervals")
         rows = [("law", "form", "coefficient", "95% interval", "exponent", "95% interval",
                  "budgets")]
+        missing = "-" if self.source == "paper" else NOT_ESTIMABLE
         for name in LAWS:
             law = self.law(name)
             if law is None:
                 continue
             rows.append((LAW_LABELS[name], "k * C^e", f"{law.coefficient:.4g}",
-                         _ci(law.coefficient_ci, ".3g"), f"{law.exponent:.4f}",
-                         _ci(law.exponent_ci, ".4f"), str(law.budgets or "-")))
+                         _ci(law.coefficient_ci, ".3g", missing), f"{law.exponent:.4f}",
+                         _ci(law.exponent_ci, ".4f", missing), str(law.budgets or "-")))
         lines = [head, text_columns(rows)]
         s = self.loss_saturating
         if s is not None:
-            lines.append(f"Saturating loss: L = E + A * C^-alpha, E {s.E:.4g} {_ci(s.ci['E'])}, "
-                         f"A {s.A:.4g} {_ci(s.ci['A'])}, alpha {s.alpha:.4f} "
-                         f"{_ci(s.ci['alpha'], '.4f')} ({s.budgets} budgets)")
+            ci = {k: _ci(s.ci.get(k), fmt, NOT_ESTIMABLE)
+                  for k, fmt in (("E", ".4g"), ("A", ".4g"), ("alpha", ".4f"))}
+            lines.append(f"Saturating loss: L = E + A * C^-alpha, E {s.E:.4g} {ci['E']}, "
+                         f"A {s.A:.4g} {ci['A']}, alpha {s.alpha:.4f} {ci['alpha']} "
+                         f"({s.budgets} budgets)")
         p = self.approach3
         if p is not None:
             lines.append(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber (delta 1e-3) on "
                          f"log loss, {p.points} runs")
             prow = [("parameter", "value", "95% interval")]
             for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
-                prow.append((name, f"{getattr(p, name):.4g}", _ci(p.ci.get(name), ".4g")))
+                prow.append((name, f"{getattr(p, name):.4g}",
+                             _ci(p.ci.get(name), ".4g", NOT_ESTIMABLE if p.ci else "-")))
             lines.append(text_columns(prow))
             if p.at_bound:
                 lines.append(f"  {', '.join(p.at_bound)} ended on a bound: do not trust this fit")
@@ -254,7 +283,8 @@ class LawFit:
                                  "no"))
                 else:
                     brow.append((f"{b.compute:.3g}", str(b.points), f"{b.n_opt:.4g}",
-                                 _ci(b.n_opt_ci, ".3g"), f"{b.d_opt:.4g}", f"{b.loss_opt:.4g}",
+                                 _ci(b.n_opt_ci, ".3g", NOT_ESTIMABLE), f"{b.d_opt:.4g}",
+                                 f"{b.loss_opt:.4g}",
                                  "yes" if b.centred else "no"))
             lines.append(text_columns(brow))
         if self.warnings:
@@ -271,14 +301,15 @@ class LawFit:
                 return None
             return {"coefficient": x.coefficient, "exponent": x.exponent,
                     "exponent_ci": x.exponent_ci, "coefficient_ci": x.coefficient_ci,
-                    "budgets": x.budgets}
+                    "budgets": x.budgets, "scatter": x.scatter}
 
         s, p = self.loss_saturating, self.approach3
         out = {
             "approach2": {
                 **{name: law(self.law(name)) for name in LAWS},
                 "loss_saturating": None if s is None else {
-                    "E": s.E, "A": s.A, "alpha": s.alpha, "ci": s.ci, "budgets": s.budgets},
+                    "E": s.E, "A": s.A, "alpha": s.alpha, "ci": s.ci, "budgets": s.budgets,
+                    "at_bound": list(s.at_bound)},
                 "budgets": [_budget_dict(b) for b in self.budgets],
             },
             "approach3": None if p is None else {
@@ -316,7 +347,8 @@ class LawFit:
             raw = draws.get(name)
             return PowerLaw(d["coefficient"], d["exponent"], _tuple(d["coefficient_ci"]),
                             _tuple(d["exponent_ci"]), d.get("budgets", 0),
-                            None if raw is None else np.asarray(raw, dtype=float))
+                            None if raw is None else np.asarray(raw, dtype=float),
+                            d.get("scatter", 1.0))
 
         s, p = a2.get("loss_saturating"), data.get("approach3")
         options = data.get("options")
@@ -330,7 +362,8 @@ class LawFit:
                 at_bound=tuple(p.get("at_bound", ()))),
             loss_saturating=None if s is None else SaturatingLaw(
                 E=s["E"], A=s["A"], alpha=s["alpha"],
-                ci={k: _tuple(v) for k, v in s["ci"].items()}, budgets=s.get("budgets", 0)),
+                ci={k: _tuple(v) for k, v in s["ci"].items()}, budgets=s.get("budgets", 0),
+                at_bound=tuple(s.get("at_bound", ()))),
             convention=data["convention"],
             warnings=tuple(data.get("warnings", ())),
             source=data.get("source", "fit"),
@@ -380,8 +413,8 @@ def clean_json(x: Any) -> Any:
     return x
 
 
-def _ci(ci: tuple[float, float] | None, fmt: str = ".4g") -> str:
-    return "-" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+def _ci(ci: tuple[float, float] | None, fmt: str = ".4g", missing: str = "-") -> str:
+    return missing if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def text_columns(rows: list[tuple[str, ...]]) -> str:
