@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -56,6 +57,7 @@ class Row:
     step_s: float
     tokens_per_s: float
     flops_per_s: float
+    reference: float  # FLOP/s: the GPU's peak, or the CPU's matmul rate measured alongside
     fraction: float  # of the matmul rate (CPU) or of the datasheet peak (GPU, MFU)
 
 
@@ -70,10 +72,13 @@ def fake_batch(model: DiTConfig, batch: int, device: torch.device) -> Batch:
 
 
 def measure(cfg: TrainConfig, device: torch.device, seconds: float, repeats: int,
-            warmup: int = 2, fused: bool = True) -> float:
-    """Seconds per optimizer step: the best of `repeats` windows of at least `seconds` each.
-    `fused=False` swaps the training loop's fused AdamW for torch's default implementation
-    (a per-tensor loop on CPU), the loop's optimizer before this benchmark was written."""
+            warmup: int = 2, fused: bool = True,
+            between: Callable[[], float] | None = None) -> tuple[float, float]:
+    """Seconds per optimizer step, the best of `repeats` windows of at least `seconds` each, and
+    the best of `between()` (the matmul rate) measured before, between and after the windows,
+    so both see the same load on a shared machine (0.0 without `between`). `fused=False` swaps
+    the loop's fused AdamW for torch's default implementation (a per-tensor loop on CPU), the
+    loop's optimizer before this issue."""
     model, net = build_model(cfg, 1, device)
     opt = _optimizer(model, cfg)
     if not fused:
@@ -86,7 +91,7 @@ def measure(cfg: TrainConfig, device: torch.device, seconds: float, repeats: int
     for _ in range(warmup):  # first-touch allocations, compilation, autotuning
         _train_step(net, model, opt, batch, cfg, 0, step, micro, device).item()
         step += 1
-    best = float("inf")
+    best, reference = float("inf"), between() if between else 0.0
     for _ in range(repeats):
         started, steps = time.perf_counter(), 0
         while steps < 2 or time.perf_counter() - started < seconds:
@@ -94,14 +99,18 @@ def measure(cfg: TrainConfig, device: torch.device, seconds: float, repeats: int
             step, steps = step + 1, steps + 1
         loss.item()  # waits for the device
         best = min(best, (time.perf_counter() - started) / steps)
+        if between:
+            reference = max(reference, between())
     del model, net, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return best
+    return best, reference
 
 
 def run(device: torch.device, template: DiTConfig, sizes: tuple[float, ...], batch: int,
-        micro_for, precision: str, reference: float, args) -> list[Row]:
+        micro_for, precision: str, peak: float | None, args) -> list[Row]:
+    """Rows of one device; the fraction is of `peak`, or else of the matmul rate measured
+    alongside each row."""
     rows = []
     for design in DESIGNS:
         for target in sizes:
@@ -111,33 +120,37 @@ def run(device: torch.device, template: DiTConfig, sizes: tuple[float, ...], bat
             cfg = TrainConfig(model=model, steps=10**9, batch_size=batch, micro_batch=micro,
                               train_urls=("unused",), precision=precision,
                               compile=args.compile, lr=1e-4)
-            step_s = measure(cfg, device, args.seconds, args.repeats)
+            between = None if peak else (lambda: matmul_rate(device, precision, repeats=2))
+            step_s, mm = measure(cfg, device, args.seconds, args.repeats, between=between)
+            reference = peak or mm
             flops = 3.0 * forward_flops(model) * batch / step_s
             row = Row(device.type, design, n, shape, batch, micro, step_s,
-                      batch * model.image_tokens / step_s, flops, flops / reference)
+                      batch * model.image_tokens / step_s, flops, reference,
+                      flops / reference)
             print_row(row)
             rows.append(row)
     return rows
 
 
-def print_header(fraction: str) -> None:
+def print_header(reference: str, fraction: str) -> None:
     print(f"{'device':6} {'design':15} {'params':>13} {'d':>3} {'w':>5} {'batch':>5} "
-          f"{'micro':>5} {'step s':>8} {'tokens/s':>10} {'model FLOP/s':>13} {fraction:>9}",
+          f"{'micro':>5} {'step s':>8} {'tokens/s':>10} {'model FLOP/s':>13} {reference:>12} "
+          f"{fraction:>7}",
           flush=True)
 
 
 def print_row(r: Row) -> None:
     print(f"{r.device:6} {r.design:15} {r.params:>13,} {r.shape.depth:>3} {r.shape.width:>5} "
           f"{r.batch:>5} {r.micro:>5} {r.step_s:>8.4f} {r.tokens_per_s:>10.4g} "
-          f"{r.flops_per_s:>13.4g} {r.fraction:>9.1%}", flush=True)
+          f"{r.flops_per_s:>13.4g} {r.reference:>12.4g} {r.fraction:>7.1%}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch", type=int, default=32, help="CPU samples per step")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per timed window")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per timed window")
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--gpu-batch", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="torch.compile every block")
     parser.add_argument("--no-gpu", action="store_true")
@@ -151,7 +164,7 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name(device)}; peak {peak.flops:.4g} FLOP/s "
               f"({peak.source}); bf16 torch.mm (n=8192) {mm:.4g} FLOP/s = {mm / peak.flops:.0%} "
               f"of peak; bf16 autocast{', compiled' if args.compile else ''}")
-        print_header("MFU")
+        print_header("peak FLOP/s", "MFU")
         run(device, GPU_TEMPLATE, GPU_SIZES, args.gpu_batch,
             lambda n: args.gpu_batch if n < 3e8 else args.gpu_batch // 4, "bf16", peak.flops,
             args)
@@ -161,22 +174,19 @@ def main() -> None:
               "measured")
 
     cpu = torch.device("cpu")
-    mm = matmul_rate(cpu, "fp32", n=2048, repeats=5)
-    print(f"CPU: {args.threads} threads; fp32 torch.mm (n=2048) {mm:.4g} FLOP/s; batch "
-          f"{args.batch}, fp32")
-    print_header("of mm")
-    rows = run(cpu, CPU_TEMPLATE, CPU_SIZES, args.batch, lambda n: args.batch, "fp32", mm, args)
-    mm_after = matmul_rate(cpu, "fp32", n=2048, repeats=5)
-    print(f"fp32 torch.mm after the CPU rows: {mm_after:.4g} FLOP/s "
-          f"({mm_after / mm - 1:+.0%}: the machine's load moved by this much)")
+    print(f"CPU: {args.threads} threads, batch {args.batch}, fp32; 'mm FLOP/s' is the best fp32 "
+          f"torch.mm (n=2048) rate measured between each row's timed windows")
+    print_header("mm FLOP/s", "of mm")
+    rows = run(cpu, CPU_TEMPLATE, CPU_SIZES, args.batch, lambda n: args.batch, "fp32", None,
+               args)
     print("\nAdamW on the CPU, the loop's fused kernel against torch's default (one change the "
           "profile asked for):")
     print(f"{'design':15} {'params':>13} {'default s':>10} {'fused s':>10} {'speed-up':>9}")
     for r in (rows[0], rows[len(CPU_SIZES) - 1]):
         cfg = TrainConfig(model=replace(CPU_TEMPLATE, shape=r.shape, conditioning=r.design),
                           steps=10**9, batch_size=args.batch, train_urls=("unused",), lr=1e-4)
-        default = measure(cfg, cpu, args.seconds, args.repeats, fused=False)
-        fused = measure(cfg, cpu, args.seconds, args.repeats)
+        default, _ = measure(cfg, cpu, args.seconds, args.repeats, fused=False)
+        fused, _ = measure(cfg, cpu, args.seconds, args.repeats)
         print(f"{r.design:15} {r.params:>13,} {default:>10.4f} {fused:>10.4f} "
               f"{default / fused:>8.2f}x", flush=True)
     top = [max((r for r in rows if r.design == d), key=lambda r: r.params) for d in DESIGNS]
