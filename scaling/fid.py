@@ -247,25 +247,47 @@ def _batched(images: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean [D] and covariance [D, D] of `count` feature vectors."""
+    """Mean [D] and covariance [D, D] of `count` feature vectors.
+
+    factor [count, D]: the centred features over sqrt(count - 1), so that sigma = factor.T @
+    factor; kept when count <= D (a rank-deficient covariance), where it makes the distance exact
+    and cheap (see `frechet`)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     count: int
+    factor: np.ndarray | None = None
 
     @classmethod
     def of(cls, feats: np.ndarray) -> Stats:
         if feats.shape[0] < 2:
             raise FIDError(f"FID needs at least 2 images, got {feats.shape[0]}")
-        return cls(feats.mean(axis=0), np.cov(feats, rowvar=False), feats.shape[0])
+        mu = feats.mean(axis=0)
+        factor = (feats - mu) / np.sqrt(feats.shape[0] - 1)
+        low_rank = feats.shape[0] <= feats.shape[1]
+        return cls(mu, factor.T @ factor, feats.shape[0], factor if low_rank else None)
 
 
 def frechet(a: Stats, b: Stats) -> float:
-    """FID between two feature distributions (clean-fid's `frechet_distance`), clamped at 0:
-    round-off can make identical sets come out as -0.0 or a tiny negative number."""
-    from cleanfid.fid import frechet_distance
+    """FID between two feature distributions, clamped at 0: round-off can make identical sets come
+    out as -0.0 or a tiny negative number.
 
-    return max(0.0, float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))) + 0.0
+    |mu_a - mu_b|^2 + tr(sigma_a) + tr(sigma_b) - 2 tr sqrt(sigma_a sigma_b). When one side has a
+    low-rank factor F (sigma = F^T F, a few hundred generated images against 2048 features),
+    sigma_a sigma_b has the same non-zero eigenvalues as the small symmetric F sigma_b F^T, so the
+    trace term is the sum of the square roots of its eigenvalues: exact, and ~100x cheaper than
+    clean-fid's `frechet_distance` (a 2048 x 2048 `scipy.linalg.sqrtm`, ~20 s on one core), which
+    is used otherwise."""
+    low, other = (a, b) if a.factor is not None else (b, a)
+    if low.factor is None:
+        from cleanfid.fid import frechet_distance
+
+        return max(0.0, float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))) + 0.0
+    small = low.factor @ other.sigma @ low.factor.T
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0.0, None)).sum()
+    diff = a.mu - b.mu
+    value = diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * trace_sqrt
+    return max(0.0, float(value)) + 0.0
 
 
 def images_stats(images: Iterable[np.ndarray], count: int, extractor: FeatureExtractor,

@@ -50,6 +50,23 @@ def test_same_set_is_zero_and_a_shifted_set_is_not(tiny_clip, tmp_path):
     assert frechet(a, b) == pytest.approx(reference, rel=1e-4)
 
 
+def test_low_rank_distance_matches_clean_fid():
+    """Fewer images than features: the small eigenproblem gives clean-fid's sqrtm answer."""
+    from cleanfid.fid import frechet_distance
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 96)) @ rng.normal(size=(96, 96)) * 0.2
+    fake = rng.normal(0.3, 1.0, size=(40, 96)) @ rng.normal(size=(96, 96)) * 0.2
+    a, b = Stats.of(fake), Stats.of(real)
+    assert a.factor is not None and b.factor is None
+    reference = float(frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+    assert frechet(a, b) == pytest.approx(reference, rel=1e-6)
+    assert frechet(b, a) == pytest.approx(reference, rel=1e-6)
+    full = Stats(b.mu, b.sigma, b.count)  # as read back from the reference cache
+    assert frechet(a, full) == pytest.approx(reference, rel=1e-6)
+    assert frechet(a, a) < 1e-8
+
+
 def test_packaged_inception_gives_pool3_features():
     inception = load_extractor("inception")
     assert inception.size == 299 and inception.identity.startswith("inception:")
