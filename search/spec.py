@@ -34,6 +34,24 @@ Flops = Annotated[float, _positive("FLOPs")]
 Params = Annotated[float, _positive("parameters")]
 
 
+def _absolute(value: str | None) -> str | None:
+    """A local path made absolute where the spec is read, so Ray workers (which run in other
+    directories) agree on it; URIs (`s3://...`) are left as they are."""
+    if value is None or "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def _absolute_if_local(value: str | None) -> str | None:
+    """Like `_absolute`, for fields that may also hold a hub name: only when the path exists."""
+    return _absolute(value) if value and Path(value).expanduser().exists() else value
+
+
+LocalPath = Annotated[str, AfterValidator(_absolute)]
+OptionalLocalPath = Annotated[str | None, AfterValidator(_absolute)]
+PathOrName = Annotated[str | None, AfterValidator(_absolute_if_local)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,7 +81,7 @@ class DataSpec(_Frozen):
     """Where the training shards come from: the built-in generator or a prepared dataset."""
 
     source: Literal["builtin", "path"] = "builtin"
-    path: str | None = None  # builtin: where to write it (default OUTPUT/data); path: dataset dir
+    path: OptionalLocalPath = None  # builtin: where to write it (default OUTPUT/data); or dataset
     image_size: int = Field(32, ge=8)
     train_samples: int = Field(16384, ge=64)
     val_samples: int = Field(1024, ge=16)
@@ -135,7 +153,7 @@ class EvalSpec(_Frozen):
     ood_samples: int = Field(512, ge=16)
     fid: bool = False
     fid_extractor: Literal["inception", "clip-vit-l-14"] = "inception"
-    fid_extractor_path: str | None = None  # TorchScript file (inception) or CLIP directory/name
+    fid_extractor_path: PathOrName = None  # TorchScript file (inception) or CLIP directory/name
     fid_samples: int = Field(256, ge=16)  # generated images per trial
     fid_reference_samples: int = Field(1024, ge=16)  # real val images (statistics cached)
     sampler_steps: int = Field(20, ge=1)  # Euler steps of the probability-flow ODE
@@ -160,7 +178,7 @@ class TrackingSpec(_Frozen):
 
 
 class StorageSpec(_Frozen):
-    path: str | None = None  # Ray Tune/Train storage; default OUTPUT/ray
+    path: OptionalLocalPath = None  # Ray Tune/Train storage; default OUTPUT/ray
 
 
 class StudySpec(_Frozen):
@@ -171,7 +189,7 @@ class StudySpec(_Frozen):
     budgets: list[Flops] = Field(min_length=2)
     convention: Literal["6ND", "exact"] = "6ND"
     metric: Literal["loss_ema", "val_loss"] = "loss_ema"  # minimised per budget by the fit
-    output_dir: str = DEFAULT_OUTPUT
+    output_dir: LocalPath = Field(DEFAULT_OUTPUT, validate_default=True)
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
     trainer: TrainerSpec = TrainerSpec()

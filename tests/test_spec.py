@@ -27,6 +27,25 @@ def test_defaults_resolve_under_output_dir(tmp_path, monkeypatch):
     assert spec.convention == "6ND"
 
 
+def test_local_paths_are_fixed_where_the_spec_is_read(tmp_path, monkeypatch):
+    """Ray workers run in other directories: relative paths must not move with them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.pt").write_bytes(b"")
+    spec = parse_spec({"name": "s", "budgets": [1e11, 1e12], "output_dir": "out",
+                       "storage": {"path": "s3://bucket/ray"},
+                       "eval": {"fid": True, "cfg_scale": 1.0, "fid_extractor_path": "net.pt"}})
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert spec.fid_cache == tmp_path / "out" / "fid-stats"
+    assert spec.eval.fid_extractor_path == str(tmp_path / "net.pt")
+    assert spec.storage_path == "s3://bucket/ray"
+    hub = parse_spec({"name": "s", "budgets": [1e11, 1e12],
+                      "eval": {"fid_extractor": "clip-vit-l-14",
+                               "fid_extractor_path": "openai/clip-vit-large-patch14"}})
+    assert hub.eval.fid_extractor_path == "openai/clip-vit-large-patch14"
+
+
 @pytest.mark.parametrize(
     "data, expected",
     [
