@@ -100,6 +100,9 @@ class TrainConfig:
     data_workers: int = 0  # DataLoader processes decoding shards; 0: in this process
     caption_dropout: float = 0.0  # fraction of samples trained without caption (for CFG)
     eval: EvalConfig | None = None  # end-of-trial evaluation beyond the validation loss
+    # Fault injection for testing the service: the loss is made NaN at this step, so the
+    # divergence path (stop, report `diverged`, exclusion from the fit) runs for real.
+    nan_loss_at_step: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "report_every"):
@@ -357,6 +360,8 @@ def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
             with _autocast(device, cfg.precision):
                 loss = flow_loss(net, image[part], text[part], mask[part], t[part],
                                  eps[part]).sum() / local
+            if cfg.nan_loss_at_step is not None and step + 1 >= cfg.nan_loss_at_step:
+                loss = loss * float("nan")  # fault injection (tests): a diverging trial
             loss.backward()
         total += loss.detach()
     if cfg.grad_clip > 0:
@@ -444,11 +449,16 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
         for v in values[:None if diverged_at is None else diverged_at - window_start - 1]:
             state.loss_ema = (v if state.loss_ema is None
                               else cfg.ema_alpha * state.loss_ema + (1 - cfg.ema_alpha) * v)
-        metrics = metrics_now(float(np.mean(values)), steps, seconds)
         if diverged_at is not None:
+            # Losses leave the device once per report, so the window ran past the first
+            # non-finite step; the trial is reported as stopped there.
+            state.samples -= (state.step - diverged_at) * cfg.batch_size
+            state.step = diverged_at
+            metrics = metrics_now(float("nan"), steps, seconds)
             metrics.update(diverged=1.0, diverged_step=diverged_at, final=1.0)
             report(metrics, None)
             return metrics
+        metrics = metrics_now(float(np.mean(values)), steps, seconds)
         if last:
             metrics.update(final_evaluation(model, cfg, rank, world))
             metrics["final"] = 1.0

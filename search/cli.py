@@ -1,6 +1,9 @@
 """`dit-scaling`: run isoFLOP studies and ask MLflow for the laws.
 
-    dit-scaling run SPEC                         run a study (embedded Ray, or RAY_ADDRESS)
+    dit-scaling run SPEC [--output-dir DIR]      run a study (embedded Ray, or RAY_ADDRESS)
+    dit-scaling submit SPEC --address URL        run it on a Ray cluster as a Ray job
+    dit-scaling jobs status|logs|stop ID --address URL
+    dit-scaling resume --study NAME [--address URL]   continue a study whose driver stopped
     dit-scaling status --study NAME              trials done / running / failed, from MLflow
     dit-scaling laws --study NAME [--json]       the fitted laws, from MLflow
     dit-scaling predict (--study NAME | --law paper) --budget C [--json]
@@ -70,14 +73,72 @@ def cmd_run(args) -> int:
     from search.driver import run_study
 
     spec = load_spec(args.spec)
-    outcome = run_study(spec)
+    if args.output_dir:
+        spec = spec.model_copy(update={"output_dir": args.output_dir})
+    if args.tracking_uri:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+            update={"uri": args.tracking_uri})})
+    return _report(run_study(spec), spec.name)
+
+
+def cmd_resume(args) -> int:
+    if args.address:
+        from search.jobs import submit_resume
+
+        sub = submit_resume(args.study, args.tracking_uri, args.address)
+        _submitted(sub, resumed=True)
+        return 0
+    from search.driver import resume_study
+
+    return _report(resume_study(args.study, args.tracking_uri), args.study)
+
+
+def _report(outcome, name: str) -> int:
     print()
     print(outcome.laws_text)
     for f in outcome.figures:
         print(f"figure: {f}")
-    print(f"study {spec.name}: {outcome.finished} trials finished, {outcome.failed} failed, "
+    print(f"study {name}: {outcome.finished} trials finished, {outcome.failed} failed, "
           f"{outcome.wall_seconds / 60:.1f} min; MLflow study run {outcome.study_run_id}")
     return 0 if outcome.figures else 1
+
+
+def _address(args) -> str:
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or ""
+    if not address:
+        raise SystemExit(f"{args.command}: give --address http://HEAD:8265 (or set "
+                         "RAY_API_SERVER_ADDRESS)")
+    return address
+
+
+def _submitted(sub, resumed: bool = False) -> None:
+    what = "resume of study" if resumed else "study"
+    print(f"submitted {what} {sub.study} to {sub.address}")
+    print(f"submission id: {sub.submission_id}")
+    print(f"MLflow study (experiment): {sub.study} at {sub.tracking_uri}")
+    print(f"follow: dit-scaling jobs logs {sub.submission_id} --address {sub.address}; "
+          f"dit-scaling status --study {sub.study} --tracking-uri {sub.tracking_uri}")
+
+
+def cmd_submit(args) -> int:
+    from search.jobs import submit_study
+
+    _submitted(submit_study(args.spec, _address(args), args.output_dir))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from search import jobs
+
+    address = _address(args)
+    if args.action == "status":
+        print("\n".join(jobs.status_lines(jobs.job_info(address, args.id))))
+    elif args.action == "logs":
+        print(jobs.job_logs(address, args.id), end="")
+    else:
+        stopped = jobs.stop_job(address, args.id)
+        print(f"job {args.id}: " + ("stop requested" if stopped else "had already ended"))
+    return 0
 
 
 def cmd_status(args) -> int:
@@ -246,7 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a study from its spec")
     r.add_argument("spec", help="study spec (TOML)")
+    r.add_argument("--output-dir", help="override the spec's output_dir")
+    r.add_argument("--tracking-uri", help="override the spec's [tracking] uri")
     r.set_defaults(func=cmd_run)
+
+    address_help = "the Ray head node's dashboard URL, e.g. http://HEAD:8265"
+    s = sub.add_parser("submit", help="run a study on a Ray cluster (Ray Jobs)")
+    s.add_argument("spec", help="study spec (TOML)")
+    s.add_argument("--address", help=address_help + " (default $RAY_API_SERVER_ADDRESS)")
+    s.add_argument("--output-dir", help="override the spec's output_dir: an absolute path on "
+                                        "storage every node shares")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="a submitted study's job: status, logs or stop")
+    j.add_argument("action", choices=["status", "logs", "stop"])
+    j.add_argument("id", help="submission id printed by submit")
+    j.add_argument("--address", help=address_help)
+    j.set_defaults(func=cmd_jobs)
+
+    rs = query("resume", "continue a study whose driver died or stopped")
+    rs.add_argument("--address", help=address_help + ": resume as a Ray job there")
+    rs.set_defaults(func=cmd_resume)
 
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
     query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
@@ -317,6 +398,18 @@ def main(argv: list[str] | None = None) -> int:
             PrepareError) as err:
         print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from search.driver import ClusterError, StudyStopped
+        from search.grid import GridError
+        from search.jobs import JobError
+
+        if isinstance(err, JobError | ClusterError | GridError):
+            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, StudyStopped):
+            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

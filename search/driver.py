@@ -6,17 +6,21 @@ MLflow store, or on a cluster's head node when submitted as a Ray job.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-from ray import tune
+from ray import cloudpickle, tune
+from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
@@ -26,10 +30,10 @@ from scaling.text import DEFAULT_TEXT_ENCODER
 from search.grid import GridSearcher, TrialSpec, fixed_grid
 from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
 from search.progress import StudyProgress
-from search.results import fit_and_log
+from search.results import RunsTableWriter, fit_and_log
 from search.spec import SpecError, StudySpec, spec_to_toml_dict
-from search.tracking import Tracking
-from search.trial import StudyContext, eval_config, run_trial
+from search.tracking import STATUS, Tracking, TrackingError
+from search.trial import StorageFullError, StudyContext, eval_config, run_trial, storage_full
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -64,7 +68,10 @@ def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
                                      ood_samples=d.ood_samples,
                                      samples_per_shard=d.samples_per_shard, seed=spec.seed,
                                      encoder=d.text_encoder or DEFAULT_TEXT_ENCODER)
-    info = DatasetInfo.load(spec.data_path)
+    if spec.data.path and "://" in spec.data.path:
+        info = load_remote_dataset(spec.data.path)
+    else:
+        info = DatasetInfo.load(spec.data_path)
     problems = []
     if d.text_encoder and d.text_encoder != info.text_encoder:
         problems.append(f"data.text_encoder: {d.text_encoder!r}, but {info.root}/dataset.json "
@@ -90,6 +97,27 @@ def fid_reference(spec: StudySpec, ctx: StudyContext, out: Callable[[str], None]
     reference_stats(list(f.reference_urls), f.reference_samples,
                     load_extractor(f.extractor, f.extractor_path), cache_dir=f.cache_dir,
                     dataset=f.dataset, batch_size=f.batch_size, log=out)
+
+
+def load_remote_dataset(uri: str) -> DatasetInfo:
+    """A dataset under a pyarrow.fs URI (s3://, gs://, file://...): its `dataset.json` is read
+    through pyarrow.fs and every shard becomes an absolute URL, which the trial workers read
+    through the pyarrow schemes registered in webdataset (`register_pyarrow_schemes`)."""
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    try:
+        with filesystem.open_input_stream(f"{path.rstrip('/')}/dataset.json") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{uri.rstrip('/')}/dataset.json: cannot be read ({err})") from None
+    for split in data.get("splits", {}).values():
+        for shard in split.get("shards", []):
+            if "://" not in shard["name"]:
+                shard["name"] = f"{uri.rstrip('/')}/{shard['name']}"
+    local = Path(tempfile.mkdtemp(prefix="dit-dataset-"))
+    (local / "dataset.json").write_text(json.dumps(data))
+    return DatasetInfo.load(local)
 
 
 def model_template(spec: StudySpec, info: DatasetInfo) -> DiTConfig:
@@ -146,55 +174,121 @@ def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int
     return max(1, k), trial_resources
 
 
+SPEC_TAG = "dit.spec"  # the resolved spec as JSON: what `resume` needs to continue the study
+EXPERIMENT_TAG = "dit.tune_experiment"  # the Tune experiment path (local path or URI)
+
+
+class StudyStopped(RuntimeError):
+    """The study stopped before every trial ran (e.g. storage full); it can be resumed."""
+
+
+class StorageGuard(Callback):
+    """Stops the whole study at the first trial that failed because the storage is full.
+
+    Retrying would only fail again and later trials would fill nothing but error files. Raising
+    from the callback ends `Tuner.fit` the way a crash would, so the experiment state keeps the
+    unfinished trials as unfinished and `dit-scaling resume` continues them from their last
+    checkpoints once space is freed.
+    """
+
+    def __init__(self, storage: str, study: str):
+        self.storage, self.study = storage, study
+
+    def _check(self, trial) -> None:
+        text = ""
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file, errors="replace") as f:
+                text = f.read()
+        if "No space left on device" in text or "StorageFullError" in text:
+            raise StorageFullError(errno.ENOSPC, f"storage {self.storage} is full (No space left "
+                                   f"on device): free space there, then continue the study with "
+                                   f"`dit-scaling resume --study {self.study}`")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+
+def resolved_spec(spec: StudySpec) -> StudySpec:
+    """The spec with every location made absolute, so the study can be resumed from anywhere."""
+    data = spec.model_dump(mode="json")
+    data["output_dir"] = str(spec.output_path)
+    data["tracking"] = {"uri": spec.tracking_uri, "artifact_root": spec.artifact_root}
+    data["storage"] = {"path": spec.storage_path}
+    if spec.data.path and "://" not in spec.data.path:
+        data["data"]["path"] = str(spec.data_path)
+    return StudySpec.model_validate(data)
+
+
+def experiment_path(spec: StudySpec, study_run_id: str) -> str:
+    return f"{spec.storage_path.rstrip('/')}/{spec.name}-{study_run_id[:8]}"
+
+
+@dataclass
+class _Study:
+    """What a fresh run and a resumed one share once the study run exists."""
+
+    spec: StudySpec
+    tracking: Tracking
+    study_run_id: str
+    info: DatasetInfo
+    template: DiTConfig
+    planned: int | None
+
+
 def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> StudyOutcome:
-    """Run every trial of the study on Ray, track it in MLflow and fit the laws."""
-    out = out or (lambda line: print(line, file=sys.stdout, flush=True))
+    """Run every trial of the study on Ray, track it in MLflow and fit the laws.
+
+    The tracking store is checked before any compute, so wrong credentials or an unreachable
+    server fail in seconds with one line.
+    """
+    out = out or _print
     t0 = time.monotonic()
+    spec = resolved_spec(spec)
+    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
+    tracking.check_access()
     info = prepare_data(spec, out)
     template = model_template(spec, info)
     trials = fixed_grid(spec, template)
 
-    tracking = Tracking(spec.tracking_uri, spec.artifact_root)
     study_run_id = tracking.start_study_run(spec.name, _flat_params(spec_to_toml_dict(spec)))
+    path = experiment_path(spec, study_run_id)
+    tracking.set_tags(study_run_id, {SPEC_TAG: spec.model_dump_json(exclude_none=True),
+                                     EXPERIMENT_TAG: path, "dit.planned_trials": len(trials)})
+    study = _Study(spec, tracking, study_run_id, info, template, len(trials))
     connect_ray(spec)
     k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
     out(f"study {spec.name}: {len(trials)} trials over {len(spec.budgets)} budgets "
         f"(C = {spec.convention}, a multiply-add = 2 FLOPs), {k} at a time")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run {study_run_id}")
+    fid_reference(spec, study_context(study), out)
+    return _fit(study, _new_tuner(study, trials, path, k, trial_resources, out), out, t0)
 
-    ctx = StudyContext(study=spec.name, study_run_id=study_run_id, tracking_uri=spec.tracking_uri,
-                       storage_path=spec.storage_path, spec=spec.model_dump(mode="json"),
-                       template=template, train_urls=tuple(info.urls("train")),
-                       val_urls=tuple(info.urls("val")),
-                       ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
-                       dataset_root=str(info.root), dataset_hash=info.content_hash,
-                       autoencoder=info.params.get("autoencoder")
-                       if info.image_key == "latent.npy" else None,
-                       latent_scale=float(info.params.get("latent_scale", 1.0)))
-    fid_reference(spec, ctx, out)
-    searcher, sweep = study_searcher(spec, template, trials, tracking, study_run_id, out)
+
+def _new_tuner(study: _Study, trials: list, path: str, k: int, trial_resources: dict,
+               out: Callable[[str], None]) -> tune.Tuner:
+    spec = study.spec
+    searcher, sweep = study_searcher(spec, study.template, trials, study.tracking,
+                                     study.study_run_id, out)
     progress = StudyProgress(len(trials) + len(sweep), spec.metric, out)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
-                                    max_concurrent_trials=k),
-        run_config=tune.RunConfig(name=f"{spec.name}-{study_run_id[:8]}",
-                                  storage_path=spec.storage_path, verbose=0,
-                                  callbacks=[progress],
-                                  failure_config=tune.FailureConfig(max_failures=1)),
-    )
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    tuner.fit()
-    out(progress.startup_summary())
-
-    laws_text, figures = fit_and_log(tracking, spec, study_run_id, out)
-    startup = progress.startup_seconds()
-    if startup:
-        median = sorted(startup)[len(startup) // 2]
-        tracking.log_metrics(study_run_id, {"trial_startup_s_median": median})
-    tracking.set_status(study_run_id, "finished")
-    return StudyOutcome(study_run_id, progress.done, progress.failed, laws_text, figures, startup,
-                        time.monotonic() - t0)
+    progress.tracking_uri = spec.tracking_uri
+    try:  # the Tuner writes its state into the storage at once
+        return tune.Tuner(
+            _trainable(study, trial_resources),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=k),
+            run_config=tune.RunConfig(
+                name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0], verbose=0,
+                callbacks=[progress, StorageGuard(spec.storage_path, spec.name),
+                           RunsTableWriter(spec, path)],
+                failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    except OSError as err:
+        if storage_full(err):
+            raise StudyStopped(_storage_line(err, spec)) from None
+        raise
 
 
 def study_searcher(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec],
@@ -222,6 +316,142 @@ def study_searcher(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec]
             tracking.set_tags(study_run_id, {"dit.lr_sweep_error": error})
 
     return LRSweepSearcher(sweep, grid, rule, spec.metric, on_rule=log_rule), sweep
+
+
+def unreadable_state(path: str) -> str | None:
+    """Why Tune could not restore the experiment at `path` (None if it can): missing, or state
+    files cut short, e.g. by a disk that filled up while Tune was saving them."""
+    from pyarrow import fs as pafs
+
+    if not tune.Tuner.can_restore(path):
+        return "no Tune experiment state there"
+    filesystem, root = pafs.FileSystem.from_uri(path if "://" in path else str(Path(path)))
+    infos = filesystem.get_file_info(pafs.FileSelector(root))
+    for prefix, load in (("experiment_state-", json.loads), ("searcher-state-", cloudpickle.loads),
+                         ("search_gen_state-", json.loads)):
+        files = sorted(i.path for i in infos if i.base_name.startswith(prefix))
+        if not files:
+            continue
+        try:
+            with filesystem.open_input_stream(files[-1]) as f:
+                load(f.read())
+        except Exception as err:
+            return f"{files[-1].rsplit('/', 1)[-1]} is unreadable ({type(err).__name__})"
+    return None
+
+
+def resume_study(study_name: str, tracking_uri: str,
+                 out: Callable[[str], None] | None = None) -> StudyOutcome:
+    """Continue a study whose driver died or stopped: `Tuner.restore` from the same storage.
+
+    Finished trials are not rerun (Tune's experiment state, and MLflow's record of each trial
+    for those Tune had not yet recorded); unfinished and errored trials resume from their last
+    checkpoints; the searcher (the allocator) continues from its saved state; trial runs are found
+    again by their `dit.trial_key` tag, and the same study run carries on.
+    """
+    out = out or _print
+    t0 = time.monotonic()
+    tracking = Tracking(tracking_uri)
+    tracking.check_access()
+    run = tracking.latest_study_run(study_name)
+    if SPEC_TAG not in run.data.tags:
+        raise TrackingError(f"study {study_name!r}: study run {run.info.run_id} in MLflow at "
+                            f"{tracking_uri} has no {SPEC_TAG} tag, so it cannot be resumed")
+    spec = StudySpec.model_validate_json(run.data.tags[SPEC_TAG])
+    study_run_id = run.info.run_id
+    path = run.data.tags.get(EXPERIMENT_TAG) or experiment_path(spec, study_run_id)
+    tracking = Tracking(spec.tracking_uri if spec.tracking.uri else tracking_uri,
+                        spec.artifact_root)
+    info = prepare_data(spec, out)
+    template = model_template(spec, info)
+    planned = run.data.tags.get("dit.planned_trials")
+    study = _Study(spec, tracking, study_run_id, info, template,
+                   int(planned) if planned else None)
+    connect_ray(spec)
+    k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
+    tracking.reopen(study_run_id)
+    fid_reference(spec, study_context(study), out)
+    problem = unreadable_state(path)
+    if problem is None:
+        out(f"study {spec.name}: resuming study run {study_run_id} from {path}")
+        tuner = tune.Tuner.restore(path, trainable=_trainable(study, trial_resources),
+                                   resume_unfinished=True, resume_errored=True)
+        return _fit(study, tuner, out, t0)
+    # Without Tune's state the study still resumes: the grid follows from the spec, MLflow knows
+    # which trials finished (they report their record instead of training) and each unfinished
+    # trial's Train run, named by study run and trial, continues from its last checkpoint.
+    trials = fixed_grid(spec, template)
+    fresh = f"{experiment_path(spec, study_run_id)}-r{time.strftime('%Y%m%d%H%M%S')}"
+    tracking.set_tags(study_run_id, {EXPERIMENT_TAG: fresh})
+    out(f"study {spec.name}: Tune's state at {path} cannot be restored ({problem}); resuming "
+        f"study run {study_run_id} from MLflow and the trials' checkpoints in {fresh}")
+    return _fit(study, _new_tuner(study, trials, fresh, k, trial_resources, out), out, t0)
+
+
+def study_context(study: _Study) -> StudyContext:
+    """What every trial of the study needs to know, shipped to the trial actors."""
+    spec, info = study.spec, study.info
+    return StudyContext(study=spec.name, study_run_id=study.study_run_id,
+                        tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
+                        spec=spec.model_dump(mode="json"), template=study.template,
+                        train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")),
+                        ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
+                        dataset_root=str(info.root), dataset_hash=info.content_hash,
+                        autoencoder=info.params.get("autoencoder")
+                        if info.image_key == "latent.npy" else None,
+                        latent_scale=float(info.params.get("latent_scale", 1.0)))
+
+
+def _trainable(study: _Study, trial_resources: dict):
+    ctx = study_context(study)
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources)
+
+
+def _fit(study: _Study, tuner: tune.Tuner, out: Callable[[str], None],
+         t0: float) -> StudyOutcome:
+    spec, tracking, study_run_id = study.spec, study.tracking, study.study_run_id
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    try:
+        results = tuner.fit()
+    except Exception as err:
+        if storage_full(err):
+            message = _storage_line(err, spec)
+            tracking.set_tags(study_run_id, {STATUS: "stopped", "dit.error": message[:5000]})
+            raise StudyStopped(message) from None
+        raise
+    progress = next((c for c in _callbacks(tuner) if isinstance(c, StudyProgress)), None)
+    if progress is not None:
+        out(progress.startup_summary())
+    laws_text, figures = fit_and_log(tracking, spec, study_run_id, out)
+    startup = progress.startup_seconds() if progress is not None else []
+    if startup:
+        median = sorted(startup)[len(startup) // 2]
+        tracking.log_metrics(study_run_id, {"trial_startup_s_median": median})
+    errors = sum(1 for r in results if r.error is not None)
+    finished = len(results) - errors
+    tracking.set_status(study_run_id, "finished")
+    return StudyOutcome(study_run_id, finished, errors, laws_text, figures, startup,
+                        time.monotonic() - t0)
+
+
+def _callbacks(tuner: tune.Tuner) -> list:
+    # The callbacks Tune runs: the ones given to a fresh Tuner, or their restored copies.
+    internal = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(internal, "_run_config", None)
+    return list(getattr(run_config, "callbacks", None) or [])
+
+
+def _storage_line(err: BaseException, spec: StudySpec) -> str:
+    while err is not None:
+        if isinstance(err, StorageFullError):
+            return err.strerror or str(err)
+        err = err.__cause__ or err.__context__
+    return (f"storage {spec.storage_path} is full (No space left on device): free space there, "
+            f"then continue the study with `dit-scaling resume --study {spec.name}`")
+
+
+def _print(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
 
 
 def _flat_params(data: dict, prefix: str = "") -> dict[str, str]:

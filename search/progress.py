@@ -30,6 +30,8 @@ class StudyProgress(Callback):
         self.done = 0
         self.failed = 0
         self.t0 = time.monotonic()
+        self.tracking_uri: str | None = None  # named in the warning while metrics are buffered
+        self._buffering: set[str] = set()
 
     def _count(self) -> str:
         total = self.total if self.total is not None else "?"
@@ -41,6 +43,23 @@ class StudyProgress(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.first_step and trial.trial_id in self.started:
             self.first_step[trial.trial_id] = time.monotonic() - self.started[trial.trial_id]
+        self._tracking_state(trial, result)
+
+    def _tracking_state(self, trial, result: dict) -> None:
+        """One warning when a trial's metrics start waiting for the tracking server, one line
+        when they flow again."""
+        key = trial.config.get("trial_key", trial.trial_id)
+        pending = result.get("mlflow_pending")
+        server = self.tracking_uri or "the MLflow tracking server"
+        if pending and key not in self._buffering:
+            self._buffering.add(key)
+            self.out(f"warning: MLflow tracking server {server} is not accepting metrics; trial "
+                     f"{key} keeps training, {int(pending)} metrics buffered and retried with "
+                     "backoff")
+        elif not pending and key in self._buffering:
+            self._buffering.discard(key)
+            self.out(f"MLflow tracking server {server} answers again: trial {key} is delivering "
+                     "its buffered metrics")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1

@@ -8,6 +8,7 @@ trial reuses its run instead of creating a duplicate.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -63,6 +64,41 @@ class Tracking:
 
     def describe(self) -> str:
         return self.uri
+
+    def check_access(self, timeout: float = 10.0) -> None:
+        """Fail fast, with one line naming the server and the cause, if the store cannot be used:
+        unreachable, credentials refused (401) or not allowed (403). A server is asked once,
+        without MLflow's minutes of retries, so a bad setting is reported before any compute."""
+        if not self.uri.startswith(("http://", "https://")):
+            try:
+                self.client.search_experiments(max_results=1)
+            except Exception as err:
+                raise TrackingError(f"MLflow store {self.uri} cannot be opened: "
+                                    f"{_short(err)}") from None
+            return
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        creds = get_default_host_creds(self.uri)
+        try:
+            response = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET",
+                                    max_retries=1, backoff_factor=1, timeout=timeout,
+                                    params={"max_results": 1})
+        except Exception as err:
+            raise TrackingError(f"MLflow tracking server {self.uri} is unreachable: "
+                                f"{_short(err)}") from None
+        user = creds.username or "(none)"
+        if response.status_code == 401:
+            hint = ("wrong MLFLOW_TRACKING_PASSWORD" if creds.username else
+                    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+            raise TrackingError(f"MLflow tracking server {self.uri} refused the credentials of "
+                                f"user {user} (HTTP 401): {hint}")
+        if response.status_code == 403:
+            raise TrackingError(f"MLflow tracking server {self.uri}: user {user} may not read "
+                                "experiments (HTTP 403)")
+        if response.status_code != 200:
+            raise TrackingError(f"MLflow tracking server {self.uri} answered HTTP "
+                                f"{response.status_code}: {response.text[:200]}")
 
     # -- experiments and study runs ---------------------------------------------------------
     def experiment_id(self, study: str, create: bool = False) -> str:
@@ -139,6 +175,11 @@ class Tracking:
             mlflow_status = {"finished": "FINISHED", "killed": "KILLED"}.get(status, "FAILED")
             self.client.set_terminated(run_id, mlflow_status)
 
+    def reopen(self, run_id: str) -> None:
+        """Mark a run that a failure or a restart had ended as running again."""
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.log_batch(run_id, tags=[RunTag(STATUS, "running")])
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -160,18 +201,26 @@ class MetricSink:
     Training never waits on the tracking server: if it is unreachable, metrics stay buffered, one
     warning names the server, and delivery is retried (1 s, 2 s, ... up to 30 s apart) until it
     answers or `close(timeout)` gives up, which says how many metrics were not delivered.
+
+    Against a server (http/https) each attempt is one request with MLflow's own HTTP retries off
+    (they would hold one request for minutes before the sink could warn) and a short timeout;
+    MLflow's store deduplicates a batch that is sent again after a lost reply.
     """
 
-    def __init__(self, uri: str, run_id: str, flush_every_s: float = 1.0):
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 1.0,
+                 request_timeout_s: float = 10.0):
         self.uri, self.run_id = uri, run_id
-        self._client = MlflowClient(tracking_uri=uri)
+        self._send = _batch_sender(uri, request_timeout_s)
         self._pending: list[Metric] = []
+        self._tags: dict[str, str] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
         self._flush_every = flush_every_s
-        self.delivered = 0
-        self.failures = 0
+        self.logged = 0  # metrics handed to the sink
+        self.delivered = 0  # metrics the store accepted
+        self.failures = 0  # failed delivery attempts
+        self.failing_since: float | None = None  # monotonic time of the first failure in a row
         self._thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-sink")
         self._thread.start()
 
@@ -179,23 +228,40 @@ class MetricSink:
         now = int(time.time() * 1000)
         with self._lock:
             self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+            self.logged += len(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags delivered like metrics: buffered, never blocking training."""
+        with self._lock:
+            self._tags.update({k: str(v) for k, v in tags.items()})
 
     def _send_some(self) -> bool:
         with self._lock:
             batch = self._pending[:MAX_BATCH]
-        if not batch:
+            tags = dict(self._tags)
+        if not batch and not tags:
             return True
         try:
-            self._client.log_batch(self.run_id, metrics=batch)
+            self._send(self.run_id, batch, [RunTag(k, v) for k, v in tags.items()])
         except Exception as err:  # any transport or server error: keep the batch and retry
             self.failures += 1
-            if self.failures == 1:
-                warnings.warn(f"MLflow tracking server {self.uri} did not accept metrics ({err}); "
-                              "training continues, metrics are buffered and retried", stacklevel=1)
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                warnings.warn(f"MLflow tracking server {self.uri} did not accept metrics "
+                              f"({_short(err)}); training continues, metrics are buffered and "
+                              "retried with backoff", stacklevel=1)
             return False
         with self._lock:
             del self._pending[:len(batch)]
+            for k, v in tags.items():
+                if self._tags.get(k) == v:
+                    del self._tags[k]
         self.delivered += len(batch)
+        if self.failing_since is not None:
+            outage = time.monotonic() - self.failing_since
+            self.failing_since = None
+            warnings.warn(f"MLflow tracking server {self.uri} answers again after {outage:.0f} s; "
+                          "buffered metrics are being delivered", stacklevel=1)
         return True
 
     def _loop(self) -> None:
@@ -203,7 +269,7 @@ class MetricSink:
         while True:
             self._wake.wait(self._flush_every)
             self._wake.clear()
-            while self._pending:
+            while self._has_work():
                 if self._send_some():
                     backoff = 1.0
                     continue
@@ -215,11 +281,25 @@ class MetricSink:
 
     @property
     def pending(self) -> int:
+        """Metrics not yet delivered."""
         with self._lock:
             return len(self._pending)
 
+    def _has_work(self) -> bool:
+        with self._lock:
+            return bool(self._pending or self._tags)
+
+    @property
+    def failing(self) -> bool:
+        """The last delivery attempt failed and metrics are waiting."""
+        return self.failing_since is not None
+
     def close(self, timeout: float = 300.0) -> int:
-        """Deliver what is buffered, waiting at most `timeout` s; returns how many were not."""
+        """Deliver what is buffered, waiting at most `timeout` s; returns how many were not.
+
+        The run gets tag `dit.metrics_logged`: how many metrics this sink was handed, to compare
+        with what the store holds."""
+        self.set_tags({"dit.metrics_logged": str(self.logged)})
         self._closing = True
         self._wake.set()
         self._thread.join(timeout)
@@ -228,3 +308,32 @@ class MetricSink:
             warnings.warn(f"{left} metrics for run {self.run_id} were not delivered to {self.uri}",
                           stacklevel=1)
         return left
+
+
+def _short(err: Exception) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
+def _batch_sender(uri: str, timeout: float):
+    """A function that sends one batch of metrics and tags to the store at `uri`, one attempt."""
+    if not uri.startswith(("http://", "https://")):
+        client = MlflowClient(tracking_uri=uri)
+        return lambda run_id, batch, tags: client.log_batch(run_id, metrics=batch, tags=tags)
+
+    from mlflow.protos.service_pb2 import LogBatch
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.proto_json_utils import message_to_json
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    endpoint = "/api/2.0/mlflow/runs/log-batch"
+    creds = get_default_host_creds(uri)
+
+    def send(run_id: str, batch: list[Metric], tags: list[RunTag]) -> None:
+        body = message_to_json(LogBatch(run_id=run_id, metrics=[m.to_proto() for m in batch],
+                                        tags=[t.to_proto() for t in tags]))
+        response = http_request(creds, endpoint, "POST", max_retries=0, timeout=timeout,
+                                json=json.loads(body))
+        verify_rest_response(response, endpoint)
+
+    return send

@@ -6,28 +6,36 @@ The Train run name is fixed per study run and trial, so a retried trial resumes 
 its last checkpoint instead of starting over (or silently resuming another trial's run).
 
 Metrics reach MLflow from the rank-0 worker through a buffered `MetricSink`, so nothing depends on
-the driver staying alive; the worker also sets the trial's final status (finished or diverged).
+the driver or the tracking server staying up; the worker also sets the trial's final status
+(finished or diverged). A full storage disk ends the trial with `StorageFullError`, which the
+driver turns into one message and a resumable stop.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import ray
 import ray.train
 import ray.train.torch
+from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from scaling.data import register_pyarrow_schemes
 from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
-from scaling.train import TrainConfig, train
+from scaling.train import TrainConfig, load_checkpoint, train
 from search.grid import TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.spec import StudySpec
-from search.tracking import MetricSink, Tracking
+from search.tracking import STATUS, MetricSink, Tracking
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,21 @@ def eval_config(ctx: StudyContext) -> EvalConfig | None:
     return EvalConfig(ood_urls=ood, ood_samples=e.ood_samples, fid=fid)
 
 
+INJECT_NAN = "DIT_INJECT_NAN_LOSS"
+
+
+def injected_nan_step(study: str, trial_key: str) -> int | None:
+    """Fault injection for the fault-matrix tests: `DIT_INJECT_NAN_LOSS="STUDY/TRIAL_KEY@STEP,..."`
+    makes that trial's loss NaN from STEP on (`submit` passes DIT_* variables to the job)."""
+    for item in os.environ.get(INJECT_NAN, "").split(","):
+        target, _, step = item.strip().rpartition("@")
+        if target == f"{study}/{trial_key}" and step.isdigit():
+            return int(step)
+    return None
+
+
+
+
 def parallel_for(params: int, spec: StudySpec) -> str:
     """DDP below `resources.fsdp_min_params` parameters (or without it), FSDP2 from there on."""
     threshold = spec.resources.fsdp_min_params
@@ -108,6 +131,7 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
         parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
         data_workers=t.data_workers,
+        nan_loss_at_step=injected_nan_step(ctx.study, config.get("trial_key", trial.key)),
         caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
@@ -132,23 +156,68 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
     return cfg, {k: str(v) for k, v in params.items()}
 
 
+class StorageFullError(OSError):
+    """The study's storage ran out of space; the study resumes once space is freed."""
+
+
+def storage_full(err: BaseException | None) -> bool:
+    """Whether an error (or anything in its chain, or its text) is a full disk (ENOSPC)."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, StorageFullError) or (isinstance(err, OSError)
+                                                 and err.errno == errno.ENOSPC):
+            return True
+        if "No space left on device" in str(err) or "StorageFullError" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def _storage_message(storage: str, study: str, err: BaseException) -> str:
+    return (f"storage {storage} is full ({err}): free space there, then continue the study with "
+            f"`dit-scaling resume --study {study}`")
+
+
 def _worker_loop(config: dict) -> None:
-    """Runs on every Train worker: train, report to Tune and (rank 0) to MLflow."""
+    """Runs on every Train worker: train, report to Tune and (rank 0) to MLflow.
+
+    Rank 0 sends metrics through a buffered `MetricSink`, so an unreachable tracking server never
+    stops training; while it is unreachable each report also carries `mlflow_pending` (metrics
+    waiting) so the driver can say so. A worker restarted from a checkpoint logs
+    `resumed_from_step`, and the node it runs on is tagged `dit.node`.
+    """
     cfg: TrainConfig = config["train"]
+    register_pyarrow_schemes()  # shards under s3://, gs://, ... are read through pyarrow.fs
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()  # this worker's GPU, or the CPU
     sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    checkpoint = ray.train.get_checkpoint()
+    if sink is not None:
+        sink.set_tags({"dit.node": ray.get_runtime_context().get_node_id(),
+                       "dit.hostname": socket.gethostname()})
 
     def report(metrics: dict[str, float], checkpoint_dir) -> None:
+        extra = {"mlflow_pending": float(sink.pending)} if sink is not None and sink.failing else {}
+        ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        try:
+            ray.train.report({**metrics, **extra}, checkpoint=ckpt)
+        except OSError as err:  # pyarrow's copy may leave errno unset; its text says ENOSPC
+            if storage_full(err):
+                raise StorageFullError(errno.ENOSPC, _storage_message(
+                    config["storage_path"], config["study"], err)) from err
+            raise
+        # Logged once Train has the report (and its checkpoint): a report whose checkpoint could
+        # not be stored is trained again, and logged then.
         if sink is not None:
             sink.log(metrics, step=int(metrics["step"]))
-        ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
 
     try:
-        checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
+                if sink is not None:
+                    step = int(load_checkpoint(resume_dir)["state"]["step"])
+                    sink.log({"resumed_from_step": step}, step=step)
                 final = train(cfg, report, resume_from=resume_dir, device=device)
         else:
             final = train(cfg, report, device=device)
@@ -162,14 +231,35 @@ def _worker_loop(config: dict) -> None:
         tracking.set_status(config["run_id"], status)
 
 
+def _finished_before(tracking: Tracking, run_id: str) -> dict | None:
+    """The final metrics of a trial that already finished (or diverged) in MLflow, else None."""
+    run = tracking.client.get_run(run_id)
+    if run.data.tags.get(STATUS) in ("finished", "diverged"):
+        return dict(run.data.metrics)
+    return None
+
+
 def run_trial(config: dict, ctx: StudyContext) -> None:
-    """The Tune function trainable: one isoFLOP point, trained by a TorchTrainer."""
+    """The Tune function trainable: one isoFLOP point, trained by a TorchTrainer.
+
+    A trial that MLflow already holds as finished (the driver died after the trial ended but
+    before Tune recorded it) reports its recorded metrics instead of training again. Each start
+    logs `attempt` (1, 2, ...), so reruns are visible.
+    """
     trial = TrialSpec.from_config(config)
     key = config.get("trial_key", trial.key)  # sweep trials share a shape, not a key
     spec = ctx.study_spec
     cfg, params = train_config(ctx, trial, config)
     tracking = Tracking(ctx.tracking_uri)
     run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget)
+    done = _finished_before(tracking, run_id)
+    if done is not None:
+        tune.report({**done, "reused": 1.0})
+        return
+    attempts = len(tracking.client.get_metric_history(run_id, "attempt"))
+    if attempts:
+        tracking.reopen(run_id)
+    tracking.log_metrics(run_id, {"attempt": attempts + 1}, step=attempts + 1)
     dataset_json = Path(ctx.dataset_root) / "dataset.json"
     if ctx.dataset_root and dataset_json.is_file():
         tracking.log_artifacts(run_id, [dataset_json], "data")
@@ -179,7 +269,8 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
         per_worker["GPU"] = res.gpus_per_worker
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri},
+        train_loop_config={"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri,
+                           "storage_path": ctx.storage_path, "study": ctx.study},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -190,6 +281,17 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     )
     try:
         trainer.fit()
-    except Exception:
+    except Exception as err:
+        full = storage_full(err)
         tracking.set_status(run_id, "failed")
+        tracking.set_tags(run_id, {"dit.error": (_storage_message(ctx.storage_path, ctx.study, err)
+                                                 if full else _first_line(err))[:5000]})
+        if full:
+            raise StorageFullError(errno.ENOSPC, _storage_message(ctx.storage_path, ctx.study,
+                                                                  err)) from None
         raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"

@@ -86,6 +86,11 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray)
     if compute.size < 2:
         raise ValueError(f"a power law needs at least 2 budgets, got {compute.size}")
     x = np.log10(compute)
+    # A bootstrap draw whose parabola has no positive minimum has no log value: leave it out
+    # rather than let one NaN make the whole law NaN.
+    log_draws = log_draws[np.isfinite(log_draws).all(1)]
+    if log_draws.shape[0] < 2:
+        log_draws = np.broadcast_to(log_y, (2, log_y.size))
     w = weights_from_sd(log_draws.std(0))
     b0, b1 = _wls_line(x, log_y, w)
     if not spreads(log_draws).all():  # some budget's uncertainty is unknown: so is the law's

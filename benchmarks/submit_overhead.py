@@ -1,0 +1,136 @@
+"""What submitting through the service costs, on a local multi-node Ray cluster.
+
+Starts (on this machine) a token-auth Ray head with trial slots plus two one-CPU worker nodes, a
+PostgreSQL server and a basic-auth MLflow server, then:
+1. submits a tiny real study with `dit-scaling submit` and measures seconds from the call to the
+   first trial step (the earliest metric any trial logged to MLflow);
+2. reads the service's per-trial start-up (Tune trial start to first reported step, median over
+   the study's trials, logged by the driver as `trial_startup_s_median`);
+3. on the same cluster, starts bare `TorchTrainer`s (same resources, a function that only records
+   the time it starts) and measures fit() to that first line.
+The service overhead per trial is (2) minus (3).
+
+    PYTHONPATH=. python benchmarks/submit_overhead.py
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scaling.builtin_data import write_builtin_dataset  # noqa: E402
+from search.jobs import submit_study, wait_for_job  # noqa: E402
+from search.tracking import Tracking  # noqa: E402
+from tests.services import MlflowServer, Postgres, RayCluster  # noqa: E402
+
+BARE_TRIALS = 3
+
+
+def bare_trainer_starts(cluster: RayCluster, storage: Path) -> list[float]:
+    """Seconds from TorchTrainer.fit() to the first line of its training function."""
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+    import ray
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(config: dict) -> None:
+        Path(config["marker"]).write_text(repr(time.time()))
+        ray.train.report({"step": 1})
+
+    ray.init(address=cluster.gcs_address, log_to_driver=False)
+    seconds = []
+    try:
+        for i in range(BARE_TRIALS):
+            marker = storage / f"marker-{i}"
+            trainer = TorchTrainer(
+                loop, train_loop_config={"marker": str(marker)},
+                scaling_config=ScalingConfig(num_workers=1,
+                                             resources_per_worker={"CPU": 0.5}),
+                run_config=RunConfig(name=f"bare-{i}", storage_path=str(storage)))
+            t0 = time.time()
+            trainer.fit()
+            seconds.append(float(marker.read_text()) - t0)
+    finally:
+        ray.shutdown()
+    return seconds
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="dit-submit-bench-"))
+    data = write_builtin_dataset(work / "data", image_size=16, train_samples=512,
+                                 val_samples=128, ood_samples=0, samples_per_shard=128, seed=0)
+    postgres, cluster, server = Postgres(), RayCluster(), None
+    try:
+        postgres.start()
+        server = MlflowServer(work / "mlflow", postgres.create_database("mlflow"),
+                              postgres.create_database("mlflow_auth"), env=postgres.env())
+        server.start()
+        os.environ.update(server.create_user("bench"))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(cluster.token_path)
+        cluster.start_head({"trial_slot": 4})
+        cluster.add_node("node_a", num_cpus=1)
+        cluster.add_node("node_b", num_cpus=1)
+
+        spec = work / "bench.toml"
+        spec.write_text(textwrap.dedent(f"""
+            name = "bench"
+            budgets = [1e10, 2e10]
+            output_dir = "{work / 'out'}"
+            [model]
+            sizes = [2.5e4, 6.6e4, 1.2e5]
+            [data]
+            source = "path"
+            path = "{data.root}"
+            [trainer]
+            batch_size = 16
+            val_samples = 64
+            report_every = 1
+            [resources]
+            cpus_per_worker = 0.5
+            max_concurrent_trials = 2
+            [tracking]
+            uri = "{server.url}"
+        """))
+        t_submit = time.time()
+        sub = submit_study(spec, cluster.address)
+        info = wait_for_job(cluster.address, sub.submission_id, timeout=900)
+        if info.status.value != "SUCCEEDED":
+            raise SystemExit(f"benchmark study ended {info.status.value}: {info.message}")
+        tracking = Tracking(server.url)
+        study = tracking.latest_study_run("bench")
+        records = tracking.client.search_runs(
+            [study.info.experiment_id], f"tags.`mlflow.parentRunId` = '{study.info.run_id}'")
+        first_step = min(m.timestamp for r in records
+                         for m in tracking.client.get_metric_history(r.info.run_id, "step")) / 1e3
+        service = study.data.metrics["trial_startup_s_median"]
+        bare = bare_trainer_starts(cluster, work / "bare")
+    finally:
+        cluster.stop()
+        if server is not None:
+            server.stop()
+        postgres.stop()
+
+    bare_median = statistics.median(bare)
+    rows = [
+        ("submit -> first trial step", first_step - t_submit),
+        (f"trial start -> first step, service (median of {len(records)})", service),
+        (f"TorchTrainer.fit -> train function, bare (median of {len(bare)})", bare_median),
+    ]
+    print(f"{'measured on a local Ray cluster (head + 2 one-CPU nodes)':<64}{'seconds':>10}")
+    for what, value in rows:
+        print(f"{what:<64}{value:>10.2f}")
+    print(f"{'ratio service / bare trial start':<64}{service / bare_median:>10.2f}")
+    print(f"service overhead per trial s: {service - bare_median:.2f}")
+
+
+if __name__ == "__main__":
+    main()

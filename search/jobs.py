@@ -1,0 +1,235 @@
+"""Ray Jobs: submit a study to a cluster, where its driver runs on the head node, and follow it.
+
+`submit` checks everything it can before any compute, each failure one line naming what is wrong:
+the spec, the cluster address, the Ray token, the MLflow server and its credentials. Then it ships
+the spec (as the job's `working_dir`) and this package (`py_modules`, so the cluster runs the
+client's code) through `JobSubmissionClient`.
+
+Secrets: the Ray token is read from `RAY_AUTH_TOKEN` or the file named by `RAY_AUTH_TOKEN_PATH`
+and sent as an `Authorization: Bearer` header (Ray's client sends its own only when
+`RAY_AUTH_MODE=token` is set in the client process). MLflow credentials
+(`MLFLOW_TRACKING_USERNAME`/`PASSWORD`) travel in the job's `runtime_env` environment, which only
+holders of the cluster token can read; `jobs status` never prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from search.spec import SpecError, StudySpec, load_spec
+
+SPEC_NAME = "study.toml"
+SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+PACKAGES = ("scaling", "search")
+
+
+class JobError(RuntimeError):
+    """The cluster or a job cannot be used as asked; the message names the address and cause."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    submission_id: str
+    study: str
+    tracking_uri: str
+    address: str
+
+
+def ray_token() -> tuple[str | None, str]:
+    """The cluster token and where it came from (RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: no such token file")
+        token = file.read_text().strip()
+        if not token:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
+        return token, f"RAY_AUTH_TOKEN_PATH={path}"
+    return None, "no token (RAY_AUTH_TOKEN and RAY_AUTH_TOKEN_PATH are unset)"
+
+
+def job_client(address: str):
+    """A `JobSubmissionClient` for the cluster at `address` whose token has been accepted."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    if not address.startswith(("http://", "https://")):
+        raise JobError(f"cluster address {address!r}: give the head node's dashboard URL, e.g. "
+                       "http://HEAD:8265")
+    token, source = ray_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        client = JobSubmissionClient(address, headers=headers)
+        client.list_jobs()  # an authenticated call: the version check alone is not
+    except AuthenticationError as err:
+        # HTTP 401: no token sent; a client with none may still be refused with 403 when its
+        # Ray library attaches a default token of its own
+        if token is None or str(err).startswith("Authentication required"):
+            raise JobError(f"the Ray cluster at {address} requires a token ({source}): set "
+                           "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH") from None
+        raise JobError(f"the Ray cluster at {address} rejected the token from {source} "
+                       "(HTTP 403): use that cluster's token") from None
+    except ConnectionError:
+        raise JobError(f"cannot reach a Ray cluster at {address}: no dashboard answers there "
+                       "(check the address and that the head node runs)") from None
+    except Exception as err:
+        raise JobError(f"the Ray cluster at {address} cannot take jobs: {_first_line(err)}") \
+            from None
+    return client
+
+
+def portability_problems(raw: dict) -> list[str]:
+    """Settings that would point at the head node's scratch space instead of shared storage.
+
+    `raw` is the spec as written (the TOML table): the loaded spec has relative paths made
+    absolute on this machine already, which says nothing about the cluster's nodes."""
+    problems = []
+    output_dir = raw.get("output_dir", "dit-scaling-runs")
+    if not Path(output_dir).expanduser().is_absolute():
+        problems.append(f"output_dir {output_dir!r} is relative; give an absolute path on "
+                        "storage every node shares (or --output-dir)")
+    for name, value in (("data.path", raw.get("data", {}).get("path")),
+                        ("storage.path", raw.get("storage", {}).get("path")),
+                        ("tracking.artifact_root", raw.get("tracking", {}).get("artifact_root"))):
+        if value and "://" not in value and not Path(value).expanduser().is_absolute():
+            problems.append(f"{name} {value!r} is relative; give an absolute path or a URI")
+    return problems
+
+
+def study_tracking_uri(spec: StudySpec) -> str:
+    """Where the submitted study logs: the spec's server, else the client's MLFLOW_TRACKING_URI."""
+    uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise JobError("a submitted study needs an MLflow tracking server that you and the "
+                       "cluster both reach: set [tracking] uri in the spec or MLFLOW_TRACKING_URI")
+    return uri
+
+
+def _runtime_env(workdir: Path | None, env: dict[str, str]) -> dict:
+    root = Path(__file__).resolve().parent.parent
+    runtime_env = {"py_modules": [str(root / p) for p in PACKAGES],
+                   "env_vars": env,
+                   "excludes": ["__pycache__", "*.pyc"]}
+    if workdir is not None:
+        runtime_env["working_dir"] = str(workdir)
+    return runtime_env
+
+
+def _job_env(tracking_uri: str) -> dict[str, str]:
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    env.update({k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)})
+    # The service's own settings (DIT_*) follow the study to the cluster.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("DIT_")})
+    return env
+
+
+def submit_study(spec_path: str | Path, address: str, output_dir: str | None = None) -> Submission:
+    """Submit a study; every check that needs no compute runs first."""
+    from search.tracking import Tracking
+
+    spec = load_spec(spec_path)
+    if output_dir:
+        spec = spec.model_copy(update={"output_dir": output_dir})
+    with open(spec_path, "rb") as f:
+        raw = tomllib.load(f)
+    if output_dir:
+        raw["output_dir"] = output_dir
+    problems = portability_problems(raw)
+    if problems:
+        raise SpecError(f"{spec_path}: cannot run on a cluster as written\n  "
+                        + "\n  ".join(problems))
+    uri = study_tracking_uri(spec)
+    client = job_client(address)
+    Tracking(uri).check_access()
+    submission_id = f"dit-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    with tempfile.TemporaryDirectory(prefix="dit-submit-") as tmp:
+        shutil.copyfile(spec_path, Path(tmp) / SPEC_NAME)
+        entrypoint = f"python -m search.cli run {SPEC_NAME}"
+        if output_dir:
+            entrypoint += f" --output-dir {shlex.quote(output_dir)}"
+        if not spec.tracking.uri:
+            entrypoint += f" --tracking-uri {shlex.quote(uri)}"
+        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                          runtime_env=_runtime_env(Path(tmp), _job_env(uri)),
+                          metadata={"dit.study": spec.name, "dit.tracking_uri": uri})
+    return Submission(submission_id, spec.name, uri, address)
+
+
+def submit_resume(study: str, tracking_uri: str, address: str) -> Submission:
+    """Submit `dit-scaling resume --study NAME` as a job, after the same checks as `submit`."""
+    from search.tracking import Tracking
+
+    client = job_client(address)
+    tracking = Tracking(tracking_uri)
+    tracking.check_access()
+    tracking.latest_study_run(study)  # the study must exist before anything runs
+    submission_id = f"dit-{study}-resume-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    client.submit_job(entrypoint=f"python -m search.cli resume --study {shlex.quote(study)}",
+                      submission_id=submission_id,
+                      runtime_env=_runtime_env(None, _job_env(tracking_uri)),
+                      metadata={"dit.study": study, "dit.tracking_uri": tracking_uri})
+    return Submission(submission_id, study, tracking_uri, address)
+
+
+def job_info(address: str, submission_id: str):
+    client = job_client(address)
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as err:
+        if "404" in str(err) or "does not exist" in str(err):
+            raise JobError(f"no job {submission_id!r} on the Ray cluster at {address}") from None
+        raise
+
+
+def status_lines(info) -> list[str]:
+    """A job's state for people; runtime_env (which holds credentials) is never shown."""
+    meta = info.metadata or {}
+    lines = [f"job {info.submission_id}: {info.status.value}"]
+    if meta.get("dit.study"):
+        lines.append(f"study: {meta['dit.study']} (MLflow {meta.get('dit.tracking_uri', '?')})")
+    if info.start_time:
+        end = info.end_time / 1000 if info.end_time else time.time()
+        lines.append(f"running time: {end - info.start_time / 1000:.0f} s")
+    if info.message:
+        lines.append(f"message: {info.message.strip().splitlines()[-1]}")
+    lines.append(f"entrypoint: {info.entrypoint}")
+    return lines
+
+
+def job_logs(address: str, submission_id: str) -> str:
+    job_info(address, submission_id)
+    return job_client(address).get_job_logs(submission_id)
+
+
+def stop_job(address: str, submission_id: str) -> bool:
+    """Ask the cluster to stop a job; False if it had already ended."""
+    job_info(address, submission_id)
+    return job_client(address).stop_job(submission_id)
+
+
+def wait_for_job(address: str, submission_id: str, timeout: float, poll: float = 2.0):
+    """Block until the job ends (or `timeout` s pass); returns its final JobInfo."""
+    client = job_client(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.get_job_info(submission_id)
+        if info.status.is_terminal() or time.monotonic() > deadline:
+            return info
+        time.sleep(poll)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
