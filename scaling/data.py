@@ -12,7 +12,7 @@ a handler must be passed to every stage for a truncated shard not to raise.
 
 Broken data never stops a run: a shard that cannot be opened or is cut short, and a sample that
 does not decode, are skipped, counted in `DataStats.skipped` and warned about once per shard. Only
-when every shard of a stream fails in a row does it raise.
+a stream whose shards yield nothing in a whole pass raises.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import random
 import struct
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,8 +36,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-SHUFFLE_BUFFER = 2048  # samples held for shuffling (about one built-in shard, ~30 MB)
-SHUFFLE_INITIAL = 512  # samples buffered before the first one leaves
+SHUFFLE_BUFFER = 2048  # samples shuffled together (about one built-in shard, ~30 MB held)
 PYARROW_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 
@@ -107,27 +106,32 @@ def register_pyarrow_schemes(schemes: Iterable[str] = PYARROW_SCHEMES, filesyste
         wds.gopen_schemes[scheme] = partial(_open_pyarrow, filesystem=filesystem)
 
 
-def dataset_size(urls: list[str]) -> int | None:
-    """Samples in these shards per the `dataset.json` beside them; None if any is not listed."""
+def listed_sizes(urls: list[str]) -> dict[str, int]:
+    """Samples per shard URL as the `dataset.json` beside the shards lists them (unlisted URLs,
+    remote ones included, are left out)."""
     from scaling.builtin_data import DatasetInfo
 
     counts: dict[str, int] = {}
-    local = [_local_path(u) for u in urls]
-    for folder in {os.path.dirname(os.path.realpath(p)) for p in local if p is not None}:
+    local = {u: _local_path(u) for u in urls}
+    for folder in {os.path.dirname(os.path.realpath(p)) for p in local.values() if p is not None}:
         if os.path.exists(os.path.join(folder, "dataset.json")):
             try:
                 info = DatasetInfo.load(folder)
             except ValueError:
-                return None
+                continue
             for split, shards in info.splits.items():
                 for url, shard in zip(info.urls(split), shards, strict=True):
                     counts[os.path.realpath(url)] = shard.samples
-    total = 0
-    for path in local:
-        if path is None or os.path.realpath(path) not in counts:
-            return None
-        total += counts[os.path.realpath(path)]
-    return total
+    return {u: counts[os.path.realpath(p)] for u, p in local.items()
+            if p is not None and os.path.realpath(p) in counts}
+
+
+def dataset_size(urls: list[str], listed: dict[str, int] | None = None) -> int | None:
+    """Samples in these shards per the `dataset.json` beside them; None if any is not listed."""
+    listed = listed_sizes(urls) if listed is None else listed
+    if any(u not in listed for u in urls):
+        return None
+    return sum(listed[u] for u in urls)
 
 
 def _local_path(url: str) -> str | None:
@@ -320,28 +324,19 @@ class _Skips:
                           stacklevel=3)
 
 
-def _samples(urls: Iterable[str], decode: _Decoder, skips: _Skips,
-             keep: Callable[[int], bool] = lambda i: True,
-             on_shard: Callable[[str, bool], None] | None = None) -> Iterator[Decoded]:
-    """Decoded samples of the shards in order; `keep(index in shard)` selects a slot's share;
-    `on_shard(url, ok)` hears whether each shard gave at least one decodable sample."""
+def _samples(urls: Iterable[str], decode: _Decoder, skips: _Skips) -> Iterator[Decoded]:
+    """Decoded samples of the shards in order, skipping (and counting) what does not read."""
     for url in urls:
-        ok = False
         try:
-            for i, sample in enumerate(read_shard(url)):
-                if not keep(i):
-                    continue
+            for sample in read_shard(url):
                 try:
                     decoded = decode(sample)
                 except ValueError as exc:
                     skips(url, exc)
                     continue
-                ok = True
                 yield decoded
         except Exception as exc:  # missing, unreadable or cut-short shard: skip the rest
             skips(url, exc)
-        if on_shard is not None:
-            on_shard(url, ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,54 +348,123 @@ class _TrainStream(IterableDataset):
 
     The rank's readers ("slots", one per DataLoader worker) each take every n-th shard when there
     are at least as many shards as slots, else every n-th sample of every shard, so no two slots
-    ever read the same sample. A slot visits its shards in a new random order each pass.
+    ever read the same sample. A reader's sample order is a pure function of the seed and the
+    shard sizes: each pass visits its shards in a new random order, cut into groups of about
+    `buffer` samples, and each group is read whole and given out in a random permutation. So
+    the position after k samples is known by arithmetic alone, and a stream started at
+    `start_batch` continues exactly where an uninterrupted one would be (resumed trials see the
+    same data), after reading at most one group.
+
+    Sizes come from `dataset.json` beside the shards, else from one scan of each shard. A sample
+    that fails to decode, or that a shard cut short no longer holds, is skipped in place, so a
+    resume after skips lands up to that many samples later than the original stream.
     """
 
     def __init__(self, urls: list[str], batch_size: int, seed: int, rank: int, world_size: int,
-                 start_batch: int, workers: int, buffer: int) -> None:
+                 start_batch: int, workers: int, buffer: int,
+                 listed: dict[str, int]) -> None:
         self.urls, self.batch_size, self.seed = urls, batch_size, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
-        self.workers, self.buffer = max(1, workers), buffer
+        self.workers, self.buffer, self.listed = max(1, workers), buffer, listed
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        # A DataLoader takes batch j from worker j % workers. A resumed loader starts again at its
+        # worker 0, so worker ids rotate by start_batch to keep each batch's source.
+        reader = ((info.id if info is not None else 0) + self.start_batch) % self.workers
         slots = self.world_size * self.workers
-        slot = self.rank * self.workers + worker
-        if len(self.urls) >= slots:
-            shards, keep = self.urls[slot::slots], (lambda i: True)
-        else:
-            shards, keep = self.urls, (lambda i: i % slots == slot)
-        # A resumed stream (start_batch > 0) is a fresh deterministic stream, not a replay:
-        # shards are drawn again every pass, so skipping ahead would only cost reading time.
-        rng = random.Random(f"{self.seed}/{self.rank}/{self.world_size}/{worker}/"
-                            f"{self.start_batch}")
+        slot = self.rank * self.workers + reader
+        by_shard = len(self.urls) >= slots
+        shards = self.urls[slot::slots] if by_shard else self.urls
+        name = f"{self.seed}/{self.rank}/{self.world_size}/{reader}"
+        sizes: dict[str, int] = {}
+
+        def kept(url: str) -> range:
+            """Indices of this reader's samples in one shard."""
+            if url not in sizes:
+                sizes[url] = self.listed[url] if url in self.listed else _scan(url)
+            return range(sizes[url]) if by_shard else range(slot, sizes[url], slots)
+
+        def groups(index: int) -> list[list[str]]:
+            order = list(shards)
+            random.Random(f"{name}/{index}").shuffle(order)
+            out, group, filled = [], [], 0
+            for url in order:
+                group.append(url)
+                filled += len(kept(url))
+                if filled >= self.buffer:
+                    out.append(group)
+                    group, filled = [], 0
+            return out + [group] if group else out
+
+        per_pass = sum(len(kept(u)) for u in shards)
+        if per_pass == 0:
+            raise RuntimeError(f"no readable samples in any of the {len(shards)} shards of rank "
+                               f"{self.rank}, reader {reader}: {shards[:3]}")
+        done = len(range(reader, self.start_batch, self.workers)) * self.batch_size
+        index, offset = divmod(done, per_pass)
         skips, decode = _Skips(), _Decoder()
-        failed: set[str] = set()
 
-        def on_shard(url: str, ok: bool) -> None:
-            if ok:
-                failed.clear()
-                return
-            failed.add(url)
-            if len(failed) == len(set(shards)):
-                raise RuntimeError(f"no readable samples in any of the {len(failed)} shards of "
-                                   f"rank {self.rank}, reader {worker}: {sorted(failed)[:3]}")
-
-        def passes() -> Iterator[str]:
+        def samples() -> Iterator[Decoded]:
+            nonlocal index, offset
             while True:
-                order = list(shards)
-                rng.shuffle(order)
-                yield from order
+                delivered = 0
+                for g, group in enumerate(groups(index)):
+                    order = [(url, i) for url in group for i in kept(url)]
+                    if offset >= len(order):
+                        offset -= len(order)
+                        continue
+                    random.Random(f"{name}/{index}/{g}").shuffle(order)
+                    held = _read_group(group, {*order[offset:]}, skips)
+                    for key in order[offset:]:
+                        sample = held.pop(key, None)
+                        if sample is None:  # cut off by a broken shard (already counted)
+                            continue
+                        try:
+                            decoded = decode(sample)
+                        except ValueError as exc:
+                            skips(key[0], exc)
+                            continue
+                        delivered += 1
+                        yield decoded
+                    offset = 0
+                if delivered == 0:
+                    raise RuntimeError(f"no readable samples in a whole pass over the "
+                                       f"{len(shards)} shards of rank {self.rank}, reader "
+                                       f"{reader}: {shards[:3]}")
+                index += 1
 
-        samples = _samples(passes(), decode, skips, keep, on_shard)
-        initial = min(SHUFFLE_INITIAL, self.buffer)
-        shuffled = wds.shuffle(self.buffer, initial, rng=rng)(samples)
+        stream = samples()
         reported = 0
         while True:
-            batch = [next(shuffled) for _ in range(self.batch_size)]
+            batch = [next(stream) for _ in range(self.batch_size)]
             yield (*collate(batch), skips.count - reported)
             reported = skips.count
+
+
+def _scan(url: str) -> int:
+    """Samples in a shard, by reading it (those before a fault, 0 for a missing shard)."""
+    n = 0
+    try:
+        for _ in read_shard(url):
+            n += 1
+    except Exception:  # counted as skips when the shard is read for its samples
+        pass
+    return n
+
+
+def _read_group(urls: list[str], wanted: set[tuple[str, int]],
+                skips: _Skips) -> dict[tuple[str, int], dict]:
+    """The raw samples `(url, index in shard)` of a group that are wanted, undecoded."""
+    held: dict[tuple[str, int], dict] = {}
+    for url in urls:
+        try:
+            for i, sample in enumerate(read_shard(url)):
+                if (url, i) in wanted:
+                    held[url, i] = sample
+        except Exception as exc:  # missing, unreadable or cut-short shard: keep what came
+            skips(url, exc)
+    return held
 
 
 def train_batches(urls: list[str], batch_size: int, *, seed: int, rank: int = 0,
@@ -411,7 +475,8 @@ def train_batches(urls: list[str], batch_size: int, *, seed: int, rank: int = 0,
     Shards are split between ranks (and DataLoader workers, `num_workers` > 0) so that no two
     read the same sample, and revisited in a fresh random order each pass, so a run may see the
     data many times (`stats.epochs`). The stream is a pure function of (urls, batch_size, seed,
-    rank, world_size, start_batch, num_workers).
+    rank, world_size, num_workers); `start_batch` = b starts it at its (b+1)-th batch, the data
+    position a resumed trial needs.
     """
     urls = check_urls(urls)
     for name, value, least in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
@@ -421,13 +486,14 @@ def train_batches(urls: list[str], batch_size: int, *, seed: int, rank: int = 0,
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
     stats = stats if stats is not None else DataStats()
-    size = dataset_size(urls)
+    listed = listed_sizes(urls)
+    size = dataset_size(urls, listed)
     stats.samples = start_batch * batch_size
     stats.epochs = stats.samples * world_size / size if size else 0.0
     # A buffer larger than a reader's share of the data would hold copies of the same samples.
     share = size // (world_size * max(1, num_workers)) if size else SHUFFLE_BUFFER
     stream = _TrainStream(urls, batch_size, seed, rank, world_size, start_batch, num_workers,
-                          buffer=max(1, min(SHUFFLE_BUFFER, share)))
+                          buffer=max(1, min(SHUFFLE_BUFFER, share)), listed=listed)
     if num_workers == 0:
         source: Iterable = stream
     else:

@@ -26,10 +26,12 @@ from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
+from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
 from scaling.text import DEFAULT_TEXT_ENCODER
 from search.allocator import Prior, resolve_prior
 from search.grid import GridSearcher, TrialSpec, fixed_grid, plan, trial_config
+from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
 from search.plan import simulated_template
 from search.progress import StudyProgress
 from search.results import RunsTableWriter, fit_and_log, load_laws
@@ -607,12 +609,14 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
 def _new_tuner(study: _Study, trials: list, path: str, k: int, trial_resources: dict,
                out: Callable[[str], None]) -> tune.Tuner:
     spec = study.spec
-    progress = StudyProgress(len(trials), spec.metric, out)
+    searcher, sweep = study_searcher(spec, study.template, trials, study.tracking,
+                                     study.study_run_id, out)
+    progress = StudyProgress(len(trials) + len(sweep), spec.metric, out)
     progress.tracking_uri = spec.tracking_uri
     try:  # the Tuner writes its state into the storage at once
         return tune.Tuner(
             _trainable(study, trial_resources),
-            tune_config=tune.TuneConfig(search_alg=GridSearcher(trials), num_samples=-1,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                         max_concurrent_trials=k),
             run_config=tune.RunConfig(
                 name=path.rsplit("/", 1)[1], storage_path=path.rsplit("/", 1)[0], verbose=0,
@@ -624,6 +628,33 @@ def _new_tuner(study: _Study, trials: list, path: str, k: int, trial_resources: 
         if storage_full(err):
             raise StudyStopped(_storage_line(err, spec)) from None
         raise
+
+
+def study_searcher(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec],
+                   tracking: Tracking, study_run_id: str,
+                   out: Callable[[str], None]) -> tuple[Searcher, list[dict]]:
+    """The study's Tune searcher: the grid, behind an LR sweep when the spec asks for one."""
+    rule = spec_rule(spec)
+    grid = GridSearcher(trials)
+    sweep = sweep_configs(spec, template, trials)
+    if not sweep:
+        tracking.log_params(study_run_id, rule_params(rule))
+        return grid, []
+    widths = sorted({c["width"] for c in sweep})
+    factors = len(set(spec.trainer.lr_sweep.factors))
+    out(f"LR sweep first: {len(sweep)} trials, widths {widths} x {factors} LR multiples at "
+        f"{sweep[0]['budget']:g} FLOPs")
+
+    def log_rule(fitted: LRRule, points: list[SweepPoint], error: str | None) -> None:
+        best = best_lrs(points)
+        out(error or (f"LR rule fitted on {len(best)} widths: lr(w) = {fitted.base_lr:.3g} x "
+                      f"({fitted.ref_width} / w)^{fitted.lr_exponent:.3f}"))
+        tracking.log_params(study_run_id, rule_params(fitted))
+        tracking.log_metrics(study_run_id, {f"lr_sweep.best_lr.w{w}": lr for w, lr in best.items()})
+        if error:
+            tracking.set_tags(study_run_id, {"dit.lr_sweep_error": error})
+
+    return LRSweepSearcher(sweep, grid, rule, spec.metric, on_rule=log_rule), sweep
 
 
 def unreadable_state(path: str) -> str | None:

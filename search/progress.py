@@ -70,9 +70,11 @@ class StudyProgress(Callback):
             f"{self.metric} {r.get(self.metric, float('nan')):.4f}")
         startup = self.first_step.get(trial.trial_id)
         startup_txt = f", first step after {startup:.0f} s" if startup is not None else ""
+        sweep = f"  LR sweep lr={c['lr']:.3g}" if c.get("phase") == "lr_sweep" else ""
+        mfu = f"  MFU {r['mfu']:.0%}" if r.get("mfu") else ""
         self.out(f"{self._count()} C={c['budget']:.3g} FLOPs  N={human(c['params'])} "
-                 f"(d{c['depth']} w{c['width']} h{c['heads']})  {status}  "
-                 f"steps {int(r.get('step', 0))}  {elapsed:.0f} s{startup_txt}")
+                 f"(d{c['depth']} w{c['width']} h{c['heads']}){sweep}  {status}  "
+                 f"steps {int(r.get('step', 0))}{mfu}  {elapsed:.0f} s{startup_txt}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.failed += 1

@@ -27,6 +27,8 @@ def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint
     """Finished trials as fit points, and a line for each trial left out (diverged, failed, ...)."""
     points, excluded = [], []
     for r in sorted(records, key=lambda r: (float(r.params.get("budget", 0)), r.trial_key)):
+        if r.params.get("phase") == "lr_sweep":  # tunes the LR rule, not an isoFLOP point
+            continue
         value = r.metrics.get(metric)
         if r.status != "finished" or value is None:
             step = r.metrics.get("step")

@@ -102,6 +102,24 @@ class DataSpec(_Frozen):
         return self
 
 
+class LRRuleSpec(_Frozen):
+    """LR and warmup by width w: lr = trainer.lr * (ref_width / w) ** lr_exponent and
+    warmup = trainer.warmup_steps * (w / ref_width) ** warmup_exponent (`scaling.hparams`)."""
+
+    ref_width: int = Field(64, ge=1)
+    lr_exponent: float = Field(0.0, ge=-4, le=4)  # 0: the same LR for every size
+    warmup_exponent: float = Field(0.0, ge=-4, le=4)
+
+
+class LRSweepSpec(_Frozen):
+    """Sweep the LR at a few sizes first and fit the rule on them (`search.lr_sweep`)."""
+
+    factors: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], min_length=3)  # x the rule's LR
+    sizes: list[Params] | None = Field(None, min_length=1)  # default: grid's min, mid, max
+    budget: Flops | None = None  # FLOPs per sweep trial; default: the smallest study budget
+
+
 class TrainerSpec(_Frozen):
     """Optimisation settings shared by every trial of the study.
 
@@ -119,8 +137,15 @@ class TrainerSpec(_Frozen):
     reports: int = Field(10, ge=1, le=1000)  # simulated reports per trial, evenly over its steps
     time_scale: float = Field(0.0, ge=0)  # wall seconds per simulated trial second; 0: none
     batch_size: int = Field(64, ge=1)  # global batch in samples
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
+    micro_batch: int | None = Field(None, ge=1)  # samples per forward/backward on one worker
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast, fp32 weights and optimizer
+    compile: bool = False  # torch.compile every block (pays off for long GPU trials)
+    peak_flops: float | None = Field(None, gt=0)  # FLOP/s of one device, for MFU; None: detect
+    data_workers: int = Field(0, ge=0)  # DataLoader processes per worker; 0: in-process
+    lr: float = Field(1e-3, gt=0)  # peak LR at lr_rule.ref_width
+    warmup_steps: int = Field(20, ge=0)  # at lr_rule.ref_width
+    lr_rule: LRRuleSpec = LRRuleSpec()
+    lr_sweep: LRSweepSpec | None = None
     schedule: Literal["constant", "cosine", "constant_cooldown"] = "constant_cooldown"
     cooldown_fraction: float = Field(0.2, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -239,6 +264,7 @@ class AllocatorSpec(_Frozen):
             raise ValueError(f"prior_coefficient/prior_exponent are only read with prior = "
                              f"'explicit' (prior is {self.prior!r})")
         return self
+    fsdp_min_params: Params | None = None  # N from which multi-worker trials shard (FSDP2)
 
 
 class TrackingSpec(_Frozen):
@@ -283,6 +309,14 @@ class StudySpec(_Frozen):
         if self.allocator.kind == "adaptive" and self.model.sizes:
             raise ValueError("allocator.kind = 'adaptive' chooses the sizes itself; remove "
                              "model.sizes or use allocator.kind = 'fixed'")
+        t, workers = self.trainer, self.resources.workers
+        if t.batch_size % workers:
+            raise ValueError(f"trainer.batch_size {t.batch_size} does not split evenly over "
+                             f"resources.workers = {workers}")
+        if t.micro_batch and (t.batch_size // workers) % t.micro_batch:
+            raise ValueError(f"trainer.micro_batch {t.micro_batch} does not divide the "
+                             f"{t.batch_size // workers} samples each worker takes per step "
+                             f"(trainer.batch_size / resources.workers)")
         e = self.eval
         if e.fid and e.cfg_scale != 1 and self.trainer.caption_dropout == 0:
             raise ValueError(f"eval.cfg_scale = {e.cfg_scale:g} (classifier-free guidance) needs "

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+import ray.train.torch
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -32,6 +33,7 @@ from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
 from scaling.train import TrainConfig, load_checkpoint, train
 from search.grid import TrialSpec, plan
+from search.lr_sweep import spec_rule
 from search.spec import StudySpec
 from search.tracking import STATUS, MetricSink, Tracking
 
@@ -58,8 +60,8 @@ class StudyContext:
     def study_spec(self) -> StudySpec:
         return StudySpec.model_validate(self.spec)
 
-    def train_run_name(self, trial: TrialSpec) -> str:
-        return f"{self.study}-{self.study_run_id[:8]}-{trial.key}"
+    def train_run_name(self, trial_key: str) -> str:
+        return f"{self.study}-{self.study_run_id[:8]}-{trial_key}"
 
 
 def eval_config(ctx: StudyContext) -> EvalConfig | None:
@@ -94,21 +96,42 @@ def injected_nan_step(study: str, trial_key: str) -> int | None:
     return None
 
 
-def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict[str, str]]:
-    """The trial's training configuration and the MLflow params that describe it."""
+
+
+def parallel_for(params: int, spec: StudySpec) -> str:
+    """DDP below `resources.fsdp_min_params` parameters (or without it), FSDP2 from there on."""
+    threshold = spec.resources.fsdp_min_params
+    return "fsdp" if threshold is not None and params >= threshold else "ddp"
+
+
+def train_config(ctx: StudyContext, trial: TrialSpec,
+                 config: dict | None = None) -> tuple[TrainConfig, dict[str, str]]:
+    """The trial's training configuration and the MLflow params that describe it.
+
+    LR and warmup come from the trial `config` when the searcher set them (an LR sweep or its
+    fitted rule), else from the spec's rule for this width (`search.lr_sweep.spec_rule`).
+    """
+    config = config or {}
     spec = ctx.study_spec
     t = spec.trainer
     model = replace(ctx.template, shape=trial.shape)
     p = plan(spec, ctx.template, trial)
+    rule = spec_rule(spec)
+    width = trial.shape.width
+    lr = float(config.get("lr", rule.lr(width)))
+    warmup = int(config.get("warmup_steps", rule.warmup(width)))
     cfg = TrainConfig(
         model=model, steps=p.steps, batch_size=t.batch_size, train_urls=ctx.train_urls,
-        val_urls=ctx.val_urls if t.val_samples else (), lr=t.lr, warmup_steps=t.warmup_steps,
+        val_urls=ctx.val_urls if t.val_samples else (), lr=lr, warmup_steps=warmup,
         schedule=t.schedule, cooldown_fraction=t.cooldown_fraction, weight_decay=t.weight_decay,
         grad_clip=t.grad_clip, timestep_sampling=t.timestep_sampling, ema_alpha=t.ema_alpha,
         report_every=t.report_every, checkpoint_every=t.checkpoint_every,
         val_samples=t.val_samples, seed=spec.seed,
         threads=max(1, math.floor(spec.resources.cpus_per_worker)),
-        nan_loss_at_step=injected_nan_step(ctx.study, trial.key),
+        micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
+        parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
+        data_workers=t.data_workers,
+        nan_loss_at_step=injected_nan_step(ctx.study, config.get("trial_key", trial.key)),
         caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
@@ -118,9 +141,12 @@ def train_config(ctx: StudyContext, trial: TrialSpec) -> tuple[TrainConfig, dict
         "depth": trial.shape.depth, "width": trial.shape.width, "heads": trial.shape.heads,
         "conditioning": model.conditioning, "patch_size": model.patch_size,
         "image_size": model.image_size, "image_tokens": model.image_tokens,
-        "text_tokens": model.text_len, "lr": t.lr, "seed": spec.seed,
-        "workers": spec.resources.workers, "caption_dropout": t.caption_dropout,
-        "dataset_hash": ctx.dataset_hash,
+        "text_tokens": model.text_len, "seed": spec.seed, "workers": spec.resources.workers,
+        "phase": config.get("phase", "study"), "lr": f"{lr:.6g}", "warmup_steps": warmup,
+        "schedule": t.schedule,
+        "micro_batch": t.micro_batch or t.batch_size // spec.resources.workers,
+        "precision": t.precision, "compile": t.compile, "parallel": cfg.parallel,
+        "caption_dropout": t.caption_dropout, "dataset_hash": ctx.dataset_hash,
     }
     if cfg.eval is not None and cfg.eval.fid is not None:
         f = cfg.eval.fid
@@ -164,6 +190,7 @@ def _worker_loop(config: dict) -> None:
     cfg: TrainConfig = config["train"]
     register_pyarrow_schemes()  # shards under s3://, gs://, ... are read through pyarrow.fs
     rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()  # this worker's GPU, or the CPU
     sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()
     if sink is not None:
@@ -191,9 +218,9 @@ def _worker_loop(config: dict) -> None:
                 if sink is not None:
                     step = int(load_checkpoint(resume_dir)["state"]["step"])
                     sink.log({"resumed_from_step": step}, step=step)
-                final = train(cfg, report, resume_from=resume_dir)
+                final = train(cfg, report, resume_from=resume_dir, device=device)
         else:
-            final = train(cfg, report)
+            final = train(cfg, report, device=device)
     finally:
         if sink is not None:
             sink.close()
@@ -220,10 +247,11 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     logs `attempt` (1, 2, ...), so reruns are visible.
     """
     trial = TrialSpec.from_config(config)
+    key = config.get("trial_key", trial.key)  # sweep trials share a shape, not a key
     spec = ctx.study_spec
-    cfg, params = train_config(ctx, trial)
+    cfg, params = train_config(ctx, trial, config)
     tracking = Tracking(ctx.tracking_uri)
-    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, trial.key, params, trial.budget)
+    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget)
     done = _finished_before(tracking, run_id)
     if done is not None:
         tune.report({**done, "reused": 1.0})
@@ -246,7 +274,7 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=ctx.train_run_name(trial), storage_path=ctx.storage_path,
+            name=ctx.train_run_name(key), storage_path=ctx.storage_path,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res.max_failures, controller_failure_limit=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2)),

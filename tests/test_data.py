@@ -71,8 +71,9 @@ def test_training_stream_is_deterministic(info):
         assert torch.equal(x.mask, y.mask)
     assert ids(take(train_batches(urls, 16, seed=2), 1)[0]) != ids(a[0])
     resumed = DataStats()
-    later = take(train_batches(urls, 16, seed=1, start_batch=3, stats=resumed), 1)[0]
-    assert ids(later) != ids(a[3]) and resumed.samples == 4 * 16
+    later = take(train_batches(urls, 16, seed=1, start_batch=3, stats=resumed), 2)
+    assert [ids(b) for b in later] == [ids(b) for b in a[3:5]]  # a resumed stream continues
+    assert resumed.samples == 5 * 16
 
 
 def test_training_resamples_beyond_one_pass(info):
@@ -85,7 +86,7 @@ def test_training_resamples_beyond_one_pass(info):
     dataset = set(all_ids(urls))
     assert len(dataset) == TRAIN and set(seen) == dataset  # every sample, nothing else
     counts = np.unique(seen, return_counts=True)[1]
-    assert counts.max() <= 8  # passes, not a biased draw
+    assert (counts == 4).all()  # each pass gives every sample once
 
 
 @pytest.mark.parametrize("shards", [6, 1])
@@ -108,6 +109,19 @@ def test_dataloader_workers_split_the_data_deterministically(info):
     per_worker = [{k for b in runs[0][w::2] for k in ids(b)} for w in range(2)]
     assert not per_worker[0] & per_worker[1]
     assert per_worker[0] | per_worker[1] == set(all_ids(urls))
+    # Resumed at an odd batch, worker 0 of the new loader continues the old worker 1.
+    resumed = take(train_batches(urls, 16, seed=0, num_workers=2, start_batch=13), 4)
+    assert [ids(b) for b in resumed] == [ids(b) for b in runs[0][13:17]]
+
+
+@pytest.mark.parametrize("start", [1, 7, 25])
+@pytest.mark.parametrize("shards", [3, 1])  # 1: fewer shards than ranks, split by sample
+def test_resumed_streams_continue_across_passes_and_ranks(info, start, shards):
+    urls = info.urls("train")[:shards]
+    for rank in range(2):
+        whole = take(train_batches(urls, 8, seed=3, rank=rank, world_size=2), start + 3)
+        later = take(train_batches(urls, 8, seed=3, rank=rank, world_size=2, start_batch=start), 3)
+        assert [ids(b) for b in later] == [ids(b) for b in whole[start:]]
 
 
 def test_eval_is_one_ordered_pass_and_respects_the_limit(info):

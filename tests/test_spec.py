@@ -153,3 +153,33 @@ def test_demo_fid_spec_is_the_demo_plus_fid():
     demo, fid = load_spec(DEMO), load_spec(DEMO.with_name("demo_fid.toml"))
     assert fid.eval.fid and not demo.eval.fid and fid.trainer.caption_dropout > 0
     assert fid.budgets == demo.budgets and fid.model == demo.model and fid.data == demo.data
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"trainer": {"precision": "fp16"}}, "trainer.precision: 'fp16' is not allowed"),
+        ({"trainer": {"batch_size": 30}, "resources": {"workers": 4}},
+         "trainer.batch_size 30 does not split evenly over resources.workers = 4"),
+        ({"trainer": {"batch_size": 32, "micro_batch": 3}, "resources": {"workers": 2}},
+         "trainer.micro_batch 3 does not divide the 16 samples each worker takes per step"),
+        ({"resources": {"fsdp_min_params": 0}},
+         "resources.fsdp_min_params: 0 is not a positive number of parameters"),
+        ({"trainer": {"lr_rule": {"ref_width": 0}}}, "trainer.lr_rule.ref_width: 0 is not allowed"),
+    ],
+)
+def test_training_fields_are_checked(extra, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "s", "budgets": [1e11, 2e11], **extra})
+    assert expected in str(err.value)
+
+
+def test_gpu_training_fields_parse():
+    spec = parse_spec({"name": "s", "budgets": [1e11, 2e11],
+                       "trainer": {"batch_size": 1024, "micro_batch": 64, "precision": "bf16",
+                                   "compile": True, "peak_flops": 989e12,
+                                   "lr_rule": {"ref_width": 512, "lr_exponent": 1.0},
+                                   "lr_sweep": {"factors": [0.5, 1, 2]}},
+                       "resources": {"workers": 8, "fsdp_min_params": 3e8}})
+    assert spec.trainer.micro_batch == 64 and spec.trainer.lr_sweep.factors == [0.5, 1, 2]
+    assert spec.resources.fsdp_min_params == 3e8 and spec.trainer.lr_rule.lr_exponent == 1.0

@@ -245,8 +245,8 @@ class LawFit:
             law = self.law(name)
             if law is None:
                 continue
-            rows.append((LAW_LABELS[name], "k * C^e", f"{law.coefficient:.4g}",
-                         _ci(law.coefficient_ci, ".3g", missing), f"{law.exponent:.4f}",
+            rows.append((LAW_LABELS[name], "k * C^e", _num(law.coefficient, ".4g"),
+                         _ci(law.coefficient_ci, ".3g", missing), _num(law.exponent, ".4f"),
                          _ci(law.exponent_ci, ".4f", missing), str(law.budgets or "-")))
         lines = [head, text_columns(rows)]
         s = self.loss_saturating
@@ -345,8 +345,10 @@ class LawFit:
             if d is None:
                 return None
             raw = draws.get(name)
-            return PowerLaw(d["coefficient"], d["exponent"], _tuple(d["coefficient_ci"]),
-                            _tuple(d["exponent_ci"]), d.get("budgets", 0),
+            # JSON stores a NaN (a fit the optima could not support) as null: back to NaN.
+            return PowerLaw(_float(d["coefficient"]), _float(d["exponent"]),
+                            _float_pair(d["coefficient_ci"]), _float_pair(d["exponent_ci"]),
+                            d.get("budgets", 0),
                             None if raw is None else np.asarray(raw, dtype=float),
                             d.get("scatter", 1.0))
 
@@ -396,6 +398,14 @@ def _budget_from(d: dict[str, Any]) -> BudgetFit:
     )
 
 
+def _float(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _float_pair(x: Any) -> tuple[float, float] | None:
+    return None if x is None else (_float(x[0]), _float(x[1]))
+
+
 def _tuple(x: Any) -> tuple | None:
     return None if x is None else tuple(x)
 
@@ -413,8 +423,15 @@ def clean_json(x: Any) -> Any:
     return x
 
 
+def _num(value: float | None, fmt: str) -> str:
+    """A fitted number, or NOT_ESTIMABLE where the fit gave none (NaN, stored as null)."""
+    return NOT_ESTIMABLE if value is None or not math.isfinite(value) else f"{value:{fmt}}"
+
+
 def _ci(ci: tuple[float, float] | None, fmt: str = ".4g", missing: str = "-") -> str:
-    return missing if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+    if ci is None or not all(v is not None and math.isfinite(v) for v in ci):
+        return missing
+    return f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
 def text_columns(rows: list[tuple[str, ...]]) -> str:
