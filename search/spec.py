@@ -200,6 +200,7 @@ class ResourcesSpec(_Frozen):
     simulated_gpus: int = Field(0, ge=0)  # fake GPUs declared by the embedded Ray cluster
     gpu_peak_flops: Annotated[float, _positive("FLOPs per second")] = 989e12
     mfu: float = Field(0.4, gt=0, le=1)  # model FLOPs utilisation
+    fsdp_min_params: Params | None = None  # N from which multi-worker trials shard (FSDP2)
 
     @model_validator(mode="after")
     def _tiers(self) -> ResourcesSpec:
@@ -264,7 +265,6 @@ class AllocatorSpec(_Frozen):
             raise ValueError(f"prior_coefficient/prior_exponent are only read with prior = "
                              f"'explicit' (prior is {self.prior!r})")
         return self
-    fsdp_min_params: Params | None = None  # N from which multi-worker trials shard (FSDP2)
 
 
 class TrackingSpec(_Frozen):
