@@ -112,7 +112,26 @@ def fixed_grid(spec: StudySpec, template: DiTConfig,
     return trials
 
 
-class GridSearcher(Searcher):
+class StateSearcher(Searcher):
+    """A Tune Searcher whose whole state is `get_state()`: Tune's save/restore pickle it, so a
+    restored study (`Tuner.restore`) continues with the same proposals."""
+
+    def get_state(self) -> dict:
+        raise NotImplementedError
+
+    def set_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class GridSearcher(StateSearcher):
     """Serves a fixed list of trials to Ray Tune, in order; resumable through save/restore.
     `trials` are TrialSpecs or ready Tune configs (see `trial_config`)."""
 
@@ -142,10 +161,3 @@ class GridSearcher(Searcher):
         self.next_index = state["next_index"]
         self.issued = state["issued"]
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))

@@ -18,7 +18,6 @@ that searcher unchanged. Sweep trials are MLflow runs under the study run with p
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 
 from ray.tune.search import Searcher
@@ -26,7 +25,7 @@ from ray.tune.search import Searcher
 from scaling.hparams import LRRule, SweepPoint, fit_lr_rule
 from scaling.ladder import nearest
 from scaling.model import DiTConfig
-from search.grid import MIN_STEPS, GridError, TrialSpec, plan
+from search.grid import MIN_STEPS, GridError, StateSearcher, TrialSpec, plan
 from search.spec import StudySpec
 
 SWEEP = "lr_sweep"
@@ -73,7 +72,7 @@ def sweep_configs(spec: StudySpec, template: DiTConfig, grid: list[TrialSpec]) -
     return configs
 
 
-class LRSweepSearcher(Searcher):
+class LRSweepSearcher(StateSearcher):
     """Serves the sweep trials, waits for all of them, fits the rule, then serves the inner
     searcher's trials with the fitted LR and warmup. Resumable through save/restore."""
 
@@ -137,13 +136,6 @@ class LRSweepSearcher(Searcher):
         for key, value in state.items():
             setattr(self, key, value)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
 
 
 def rule_params(rule: LRRule, prefix: str = "lr_rule.") -> dict[str, str]:

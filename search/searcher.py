@@ -10,14 +10,13 @@ are re-run by Tune and reported here as they finish.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 
 from ray.tune.search import Searcher
 
 from scaling.model import DiTConfig, ModelShape
 from search.allocator import FINISHED, Allocator, Prior, SizeCatalogue
-from search.grid import TrialSpec, trial_config
+from search.grid import StateSearcher, TrialSpec, trial_config
 from search.spec import StudySpec
 
 # Tune checks that every result carries the searcher's metric; intermediate reports carry "loss",
@@ -25,7 +24,7 @@ from search.spec import StudySpec
 TUNE_METRIC = "loss"
 
 
-class AllocatorSearcher(Searcher):
+class AllocatorSearcher(StateSearcher):
     """Serves the allocator's proposals to Tune and feeds it every trial's final metric."""
 
     def __init__(self, spec: StudySpec, template: DiTConfig, prior: Prior,
@@ -65,10 +64,3 @@ class AllocatorSearcher(Searcher):
         self.allocator.set_state(state["allocator"])
         self.issued = dict(state["issued"])
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
