@@ -294,16 +294,7 @@ class StudyRun:
                                     simulated_params(spec, self.template))
             return tune.with_resources(fn, resources), k, [log]
         k, trial_resources = trial_concurrency(spec, cluster)
-        info = self.info
-        ctx = StudyContext(study=spec.name, study_run_id=self.study_run_id,
-                           tracking_uri=spec.tracking_uri, storage_path=spec.storage_path,
-                           spec=spec.model_dump(mode="json"), template=self.template,
-                           train_urls=tuple(info.urls("train")), val_urls=tuple(info.urls("val")),
-                           ood_urls=tuple(info.urls("ood")) if info.splits.get("ood") else (),
-                           dataset_root=str(info.root), dataset_hash=info.content_hash,
-                           autoencoder=info.params.get("autoencoder")
-                           if info.image_key == "latent.npy" else None,
-                           latent_scale=float(info.params.get("latent_scale", 1.0)))
+        ctx = study_context(self)
         fid_reference(spec, ctx, self.out)
         return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources), k, []
 
@@ -730,7 +721,7 @@ def resume_study(study_name: str, tracking_uri: str,
     return _fit(study, _new_tuner(study, trials, fresh, k, trial_resources, out), out, t0)
 
 
-def study_context(study: _Study) -> StudyContext:
+def study_context(study: _Study | StudyRun) -> StudyContext:
     """What every trial of the study needs to know, shipped to the trial actors."""
     spec, info = study.spec, study.info
     return StudyContext(study=spec.name, study_run_id=study.study_run_id,

@@ -113,14 +113,8 @@ def fixed_grid(spec: StudySpec, template: DiTConfig,
 
 
 class StateSearcher(Searcher):
-    """A Tune Searcher whose whole state is `get_state()`: Tune's save/restore pickle it, so a
-    restored study (`Tuner.restore`) continues with the same proposals."""
-
-    def get_state(self) -> dict:
-        raise NotImplementedError
-
-    def set_state(self, state: dict) -> None:
-        raise NotImplementedError
+    """A Tune Searcher whose whole state is its `get_state()` (subclasses define it and
+    `set_state`): Tune's save/restore pickle it, so a restored study goes on as before."""
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
