@@ -225,10 +225,19 @@ class MetricSink:
         self._thread.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+        self.log_stamped(stamp(metrics, step))
+
+    def log_stamped(self, items: list[Metric]) -> None:
+        """Metrics that already carry their timestamps (see `stamp`); sending one again is
+        harmless: MLflow's store keeps one row per (key, value, timestamp, step)."""
         with self._lock:
-            self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
-            self.logged += len(metrics)
+            self._pending.extend(items)
+            self.logged += len(items)
+
+    def undelivered(self) -> list[Metric]:
+        """The metrics handed to the sink that the store has not yet accepted, oldest first."""
+        with self._lock:
+            return list(self._pending)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags delivered like metrics: buffered, never blocking training."""
@@ -308,6 +317,31 @@ class MetricSink:
             warnings.warn(f"{left} metrics for run {self.run_id} were not delivered to {self.uri}",
                           stacklevel=1)
         return left
+
+
+def stamp(metrics: dict[str, float], step: int) -> list[Metric]:
+    """MLflow metrics for one step, stamped now (milliseconds since the epoch)."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+
+
+def save_metrics(path: str | Path, run_id: str, items: list[Metric]) -> None:
+    """One run's metrics as JSON: the run id and a list of [key, value, timestamp ms, step]."""
+    rows = [[m.key, m.value, m.timestamp, m.step] for m in items]
+    Path(path).write_text(json.dumps({"run_id": run_id, "metrics": rows}))
+
+
+def load_metrics(path: str | Path, run_id: str) -> list[Metric]:
+    """The metrics `save_metrics` wrote for `run_id`, with their original timestamps; none if
+    there is no file or it belongs to another run (a checkpoint reused by a new run)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    if saved.get("run_id") != run_id:
+        return []
+    return [Metric(key, float(value), int(ts), int(step))
+            for key, value, ts, step in saved["metrics"]]
 
 
 def _short(err: Exception) -> str:

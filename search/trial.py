@@ -35,7 +35,7 @@ from scaling.train import TrainConfig, load_checkpoint, train
 from search.grid import TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.spec import StudySpec
-from search.tracking import STATUS, MetricSink, Tracking
+from search.tracking import STATUS, MetricSink, Tracking, load_metrics, save_metrics, stamp
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ def eval_config(ctx: StudyContext) -> EvalConfig | None:
 
 
 INJECT_NAN = "DIT_INJECT_NAN_LOSS"
+UNDELIVERED_FILE = "undelivered_metrics.json"  # in rank 0's checkpoints
 
 
 def injected_nan_step(study: str, trial_key: str) -> int | None:
@@ -199,6 +200,12 @@ def _worker_loop(config: dict) -> None:
 
     def report(metrics: dict[str, float], checkpoint_dir) -> None:
         extra = {"mlflow_pending": float(sink.pending)} if sink is not None and sink.failing else {}
+        items = stamp(metrics, int(metrics["step"])) if sink is not None else []
+        if checkpoint_dir and sink is not None:
+            # Metrics MLflow may not hold yet travel with the checkpoint: a worker lost before
+            # its sink delivers them leaves no hole in the curve (the resumed worker sends them).
+            save_metrics(Path(checkpoint_dir) / UNDELIVERED_FILE, sink.run_id,
+                         sink.undelivered() + items)
         ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
             ray.train.report({**metrics, **extra}, checkpoint=ckpt)
@@ -210,12 +217,13 @@ def _worker_loop(config: dict) -> None:
         # Logged once Train has the report (and its checkpoint): a report whose checkpoint could
         # not be stored is trained again, and logged then.
         if sink is not None:
-            sink.log(metrics, step=int(metrics["step"]))
+            sink.log_stamped(items)
 
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
                 if sink is not None:
+                    sink.log_stamped(load_metrics(Path(resume_dir) / UNDELIVERED_FILE, sink.run_id))
                     step = int(load_checkpoint(resume_dir)["state"]["step"])
                     sink.log({"resumed_from_step": step}, step=step)
                 final = train(cfg, report, resume_from=resume_dir, device=device)

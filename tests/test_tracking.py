@@ -5,7 +5,16 @@ import warnings
 
 import pytest
 
-from search.tracking import KIND, PARENT, MetricSink, Tracking, TrackingError
+from search.tracking import (
+    KIND,
+    PARENT,
+    MetricSink,
+    Tracking,
+    TrackingError,
+    load_metrics,
+    save_metrics,
+    stamp,
+)
 
 
 @pytest.fixture
@@ -46,6 +55,28 @@ def test_sink_delivers_every_metric(tracking):
     history = tracking.client.get_metric_history(run, "loss")
     assert len(history) == 300 and sink.delivered == 600
     assert [m.step for m in history] == list(range(1, 301))
+
+
+def test_undelivered_metrics_saved_then_sent_again_fill_the_curve_once(tracking, tmp_path):
+    study = tracking.start_study_run("s3", {})
+    run = tracking.trial_run("s3", study, "k", {}, 1e11)
+    first = MetricSink(tracking.uri, run, flush_every_s=3600)  # delivers only when closed
+    for step in (1, 2):
+        first.log({"loss": 1.0 / step}, step)
+    first.close(timeout=60)
+    first = MetricSink(tracking.uri, run, flush_every_s=3600)
+    first.log({"loss": 1 / 3}, 3)  # a worker lost before this one was delivered ...
+    save_metrics(tmp_path / "m.json", run, first.undelivered() + stamp({"loss": 0.25}, 4))
+    assert [m.step for m in load_metrics(tmp_path / "m.json", run)] == [3, 4]
+    assert load_metrics(tmp_path / "m.json", "another-run") == []  # a reused checkpoint
+    resumed = MetricSink(tracking.uri, run, flush_every_s=0.05)  # ... its successor sends them
+    resumed.log_stamped(load_metrics(tmp_path / "m.json", run))
+    resumed.log_stamped(load_metrics(tmp_path / "m.json", run))  # twice: stored once
+    resumed.log({"loss": 0.2}, 5)
+    assert resumed.close(timeout=60) == 0
+    history = tracking.client.get_metric_history(run, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
+    assert load_metrics(tmp_path / "absent.json", run) == []
 
 
 def test_sink_buffers_and_warns_when_the_server_is_unreachable(monkeypatch):
