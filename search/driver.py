@@ -296,7 +296,11 @@ class StudyRun:
         k, trial_resources = trial_concurrency(spec, cluster)
         ctx = study_context(self)
         fid_reference(spec, ctx, self.out)
-        return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources), k, []
+        # as on the grid path: a full storage stops the study, each finished trial joins the table
+        guards = [StorageGuard(spec.storage_path, spec.name),
+                  RunsTableWriter(spec, experiment_path(spec, self.study_run_id))]
+        trainable = tune.with_parameters(run_trial, ctx=ctx)
+        return tune.with_resources(trainable, trial_resources), k, guards
 
     def execute(self, tuner_of: Callable[[object, int, list], tune.Tuner],
                 planned: int | None) -> tuple[StudyProgress, list[Usage], Path]:
@@ -308,14 +312,24 @@ class StudyRun:
                  + (f" on {gpus:g} GPUs" + (" (simulated)" if spec.simulated else "")
                     if gpus else ""))
         progress = StudyProgress(planned, spec.metric, self.out)
+        progress.tracking_uri = spec.tracking_uri
         callbacks = [progress, *extra]
         tuner = tuner_of(trainable, k, callbacks)
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except Exception as err:
+            if storage_full(err):
+                message = _storage_line(err, spec)
+                self.tracking.set_tags(self.study_run_id, {STATUS: "stopped",
+                                                           "dit.error": message[:5000]})
+                raise StudyStopped(message) from None
+            raise
         usage: list[Usage] = []
         for cb in extra:
-            cb.close()
-            usage = cb.usage
+            if isinstance(cb, SimulatedTrialLog):
+                cb.close()
+                usage = cb.usage
         if spec.simulated:  # trials Tune finished that the driver did not get to write
             log = SimulatedTrialLog(spec.tracking_uri, spec.name, self.study_run_id,
                                     simulated_params(spec, self.template))
