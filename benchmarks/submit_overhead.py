@@ -15,8 +15,10 @@ The service overhead per trial is (2) minus (3).
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -34,9 +36,9 @@ from tests.services import MlflowServer, Postgres, RayCluster  # noqa: E402
 BARE_TRIALS = 3
 
 
-def bare_trainer_starts(cluster: RayCluster, storage: Path) -> list[float]:
-    """Seconds from TorchTrainer.fit() to the first line of its training function."""
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(cluster.token_path))
+def bare_trainer_starts(gcs_address: str, storage: Path) -> list[float]:
+    """Seconds from TorchTrainer.fit() to the first line of its training function. Runs in a
+    process started with the cluster's environment (token auth is read when Ray starts up)."""
     import ray
     import ray.train
     from ray.train import RunConfig, ScalingConfig
@@ -46,7 +48,7 @@ def bare_trainer_starts(cluster: RayCluster, storage: Path) -> list[float]:
         Path(config["marker"]).write_text(repr(time.time()))
         ray.train.report({"step": 1})
 
-    ray.init(address=cluster.gcs_address, log_to_driver=False)
+    ray.init(address=gcs_address, log_to_driver=False)
     seconds = []
     try:
         for i in range(BARE_TRIALS):
@@ -62,6 +64,14 @@ def bare_trainer_starts(cluster: RayCluster, storage: Path) -> list[float]:
     finally:
         ray.shutdown()
     return seconds
+
+
+def bare_in_cluster_env(cluster: RayCluster, storage: Path) -> list[float]:
+    done = subprocess.run([sys.executable, __file__, "--bare", cluster.gcs_address, str(storage)],
+                          env=cluster.env(), capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"bare TorchTrainer run failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -119,7 +129,7 @@ def main() -> None:
         if service is None:
             raise SystemExit("the study run has no trial_startup_s_median: the driver stopped "
                              f"before logging it ({info.status.value}: {info.message})")
-        bare = bare_trainer_starts(cluster, work / "bare")
+        bare = bare_in_cluster_env(cluster, work / "bare")
     finally:
         cluster.stop()
         if server is not None:
@@ -140,4 +150,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--bare":
+        print(json.dumps(bare_trainer_starts(sys.argv[2], Path(sys.argv[3]))))
+    else:
+        main()
