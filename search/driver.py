@@ -315,16 +315,7 @@ class StudyRun:
         progress.tracking_uri = spec.tracking_uri
         callbacks = [progress, *extra]
         tuner = tuner_of(trainable, k, callbacks)
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        try:
-            results = tuner.fit()
-        except Exception as err:
-            if storage_full(err):
-                message = _storage_line(err, spec)
-                self.tracking.set_tags(self.study_run_id, {STATUS: "stopped",
-                                                           "dit.error": message[:5000]})
-                raise StudyStopped(message) from None
-            raise
+        results = fit_or_stop(tuner, spec, self.tracking, self.study_run_id)
         usage: list[Usage] = []
         for cb in extra:
             if isinstance(cb, SimulatedTrialLog):
@@ -757,15 +748,7 @@ def _trainable(study: _Study, trial_resources: dict):
 def _fit(study: _Study, tuner: tune.Tuner, out: Callable[[str], None],
          t0: float) -> StudyOutcome:
     spec, tracking, study_run_id = study.spec, study.tracking, study.study_run_id
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    try:
-        results = tuner.fit()
-    except Exception as err:
-        if storage_full(err):
-            message = _storage_line(err, spec)
-            tracking.set_tags(study_run_id, {STATUS: "stopped", "dit.error": message[:5000]})
-            raise StudyStopped(message) from None
-        raise
+    results = fit_or_stop(tuner, spec, tracking, study_run_id)
     progress = next((c for c in _callbacks(tuner) if isinstance(c, StudyProgress)), None)
     if progress is not None:
         out(progress.startup_summary())
@@ -779,6 +762,20 @@ def _fit(study: _Study, tuner: tune.Tuner, out: Callable[[str], None],
     tracking.set_status(study_run_id, "finished")
     return StudyOutcome(study_run_id, finished, errors, laws_text, figures, startup,
                         time.monotonic() - t0)
+
+
+def fit_or_stop(tuner: tune.Tuner, spec: StudySpec, tracking: Tracking, study_run_id: str):
+    """`tuner.fit()`; a full storage marks the study run stopped and raises `StudyStopped` with
+    the line that says how to resume."""
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    try:
+        return tuner.fit()
+    except Exception as err:
+        if storage_full(err):
+            message = _storage_line(err, spec)
+            tracking.set_tags(study_run_id, {STATUS: "stopped", "dit.error": message[:5000]})
+            raise StudyStopped(message) from None
+        raise
 
 
 def _callbacks(tuner: tune.Tuner) -> list:
