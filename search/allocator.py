@@ -20,6 +20,11 @@ Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling
 3. Budgets open in order of compute (allocator.order, ascending by default) whenever a trial
    slot is free and nothing is queued, so with few slots later budgets start on the law, with
    many they start at once.
+4. Once every budget is open, a free slot with nothing queued does not idle (allocator.speculate,
+   on by default): the costliest budget that is still refining, has a parabola and room under its
+   cap gets its next sizes decided now, on the results it has, while the rest of its round runs.
+   A budget refined round by round is a chain of trials one after another; without this its last
+   rounds leave most of a large cluster idle. The price is a few trials placed on fewer results.
 Study caps (`max_trials`, `max_flops` as the sum of trial budgets) stop new trials; with
 `exponent_tolerance` the study stops once the N_opt exponent's 95% interval is within +- that and
 3 budgets have optima; that interval is the study's final fit (`fit_laws` with the service's
@@ -186,6 +191,7 @@ class Decision:
     reason: str
     interval_before: list[float] | None = None  # N_opt 95% interval (parameters) when decided
     interval_after: list[float] | None = None  # ... once the sizes it added were back
+    running: int = 0  # trials of the budget still running when decided (> 0: a speculation)
 
     def line(self) -> str:
         where = "study" if self.budget is None else flops_text(self.budget)
@@ -226,6 +232,8 @@ class Allocator:
                 waiting = [b for b in self.budgets.values() if b.status == "waiting"]
                 if waiting:
                     self._start(waiting[0])
+                    continue
+                if self.a.speculate and self._speculate():
                     continue
             if any(p.state == "running" for b in self.budgets.values()
                    for p in b.points.values()):
@@ -349,9 +357,11 @@ class Allocator:
             return False
         return True
 
-    def _record(self, b: Budget | None, action: str, sizes: list[int], reason: str) -> None:
+    def _record(self, b: Budget | None, action: str, sizes: list[int], reason: str,
+                running: int = 0) -> None:
         before = None if b is None or b.interval is None else list(b.interval)
-        d = Decision(time.time(), None if b is None else b.compute, action, sizes, reason, before)
+        d = Decision(time.time(), None if b is None else b.compute, action, sizes, reason, before,
+                     running=running)
         self.decisions.append(d)
         if b is not None:
             if b.last_decision is not None and self.decisions[b.last_decision].action != "done":
@@ -502,6 +512,34 @@ class Allocator:
             self._record(b, "done", [], b.reason)
             return
         self._record(b, action, sizes, f"{reason}: adding {_sizes(sizes)}")
+
+    def _speculate(self) -> bool:
+        """A trial slot is free, no size is queued and every budget is open: rather than idle,
+        queue the next sizes of the costliest budget still refining, decided on the results it
+        has while its round runs. True when something was queued."""
+        for b in sorted(self._open(), key=lambda b: -b.compute):
+            running = b.count("running")
+            cap = b.cap or self.a.max_trials_per_budget
+            if not running or b.queue or len(b.points) >= cap:
+                continue
+            fitted = self._fit(b.compute)
+            if fitted is None:  # its first round is still out: nothing to decide on yet
+                continue
+            fit = fitted[0]
+            h = None
+            if not fit.refused:
+                b.n_opt, b.interval = fit.n_opt, tuple(fit.n_opt_ci)
+                h = half_width(b.interval)
+                if h <= self.tolerance and fit.centred:
+                    continue  # done once its running trials are back
+            action, indices, reason = self._next_sizes(b, fit, h)
+            sizes = self._propose(b, indices[: cap - len(b.points)])
+            if sizes:
+                self._record(b, action, sizes, f"{reason}: adding {_sizes(sizes)} ahead of "
+                             f"{running} running trial{'s' * (running > 1)} (a slot is free)",
+                             running)
+                return True
+        return False
 
     def _next_sizes(self, b: Budget, fit: BudgetFit | None,
                     h: float | None) -> tuple[str, list[int], str]:

@@ -238,7 +238,10 @@ class AllocatorSpec(_Frozen):
     the study also stops once the N_opt exponent's 95% interval is within +- that (absolute).
     Budgets open in `order` of compute: "ascending" (later budgets start on the law fitted so far;
     best with few trial slots) or "descending" (the costliest budgets, whose rounds set the
-    makespan, start first; best on a large cluster).
+    makespan, start first; best on a large cluster). With `speculate` (default), a trial slot that
+    would idle once every budget is open runs the next size of the costliest budget still refining,
+    decided on the results it has while the rest of its round runs (shorter makespan, a few trials
+    placed on less information); off, each budget waits for its whole round.
     The fixed grid is centred on the same prior when one other than "none" is given.
     """
 
@@ -251,6 +254,7 @@ class AllocatorSpec(_Frozen):
     max_trials: int = Field(0, ge=0)
     max_flops: float = Field(0.0, ge=0)
     exponent_tolerance: float = Field(0.0, ge=0, lt=1)
+    speculate: bool = True
     prior: str = Field("none", pattern=r"^(none|paper|explicit|study:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
     prior_coefficient: Annotated[float, _positive("parameters per FLOP^exponent")] | None = None
     prior_exponent: float | None = Field(None, gt=0, lt=1.5)

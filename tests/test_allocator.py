@@ -114,6 +114,52 @@ def test_an_interior_minimum_refines_inward_on_both_sides(catalogue):
     assert a.decisions[a.decisions.index(d)].interval_after is not None
 
 
+def refining(a: Allocator) -> tuple[list, list]:
+    """Drive `a` to: 1e17's first round back, its refine round running, 1e18's first round
+    running; returns (1e17's trials, 1e18's)."""
+    first = [a.suggest() for _ in range(3)]
+    n_opt = sorted(p.params for p in first)[1] * 1.1
+    for p, noise in zip(first, (1.002, 0.997, 1.003), strict=True):
+        a.complete(p.key, loss_at(p.params, n_opt) * noise)
+    low = first + [a.suggest() for _ in range(2)]  # the refine round
+    high = [a.suggest() for _ in range(3)]  # nothing queued: 1e18 opens
+    assert [a.trial_of(p.key)[0] for p in low + high] == [1e17] * 5 + [1e18] * 3
+    return low, high
+
+
+def test_a_free_slot_runs_ahead_on_a_budget_still_refining(catalogue):
+    lines = []
+    a = allocator(catalogue, lines, spacing=3.0, tolerance=0.01, max_trials_per_budget=9)
+    low, _ = refining(a)
+    # Every budget is open and waiting for results: rather than idle the slot, the allocator
+    # decides 1e17's next sizes on the 3 results it has (1e18 has none yet).
+    ahead = a.suggest()
+    assert ahead not in (None, FINISHED) and a.trial_of(ahead.key)[0] == 1e17
+    assert ahead.key not in {p.key for p in low}
+    d = a.decisions[-1]
+    assert d.running == 2 and d.action == "refine" and ahead.params in d.sizes
+    assert "ahead of 2 running trials (a slot is free)" in lines[-1]
+    more = issue_all(a)
+    keys = [p.key for p in low + [ahead] + more if a.trial_of(p.key)[0] == 1e17]
+    assert len(keys) == len(set(keys)) <= 9  # never a size twice, never past the cap
+    assert not a.budgets[1e17].queue
+    # The budget's results come back in any order and it still decides and closes.
+    while (running := [k for k, p in a.budgets[1e17].points.items() if p.state == "running"]):
+        p = a.budgets[1e17].points[running[-1]]
+        a.complete(p.key, loss_at(p.params, 1e6))
+        issue_all(a)
+    assert a.budgets[1e17].status == "done"
+
+
+def test_without_speculation_or_room_under_the_cap_a_free_slot_waits(catalogue):
+    waits = allocator(catalogue, spacing=3.0, tolerance=0.01, speculate=False)
+    refining(waits)
+    assert waits.suggest() is None
+    full = allocator(catalogue, spacing=3.0, tolerance=0.01, max_trials_per_budget=5)
+    refining(full)  # 1e17 holds 5 trials: its cap
+    assert full.suggest() is None
+
+
 def test_a_budget_stops_once_its_interval_is_within_tolerance(catalogue):
     a = allocator(catalogue, spacing=1.5, tolerance=0.5, initial_sizes=5)
     first = [a.suggest() for _ in range(5)]
