@@ -22,7 +22,6 @@ from pathlib import Path
 import ray
 from ray import cloudpickle, tune
 from ray.tune import Callback
-from ray.tune.execution.placement_groups import PlacementGroupFactory
 from ray.tune.search import Searcher
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
@@ -36,7 +35,7 @@ from search.plan import simulated_template
 from search.progress import StudyProgress
 from search.results import RunsTableWriter, fit_and_log, load_laws
 from search.searcher import AllocatorSearcher
-from search.simulated import SimContext, report_metrics, run_simulated_trial
+from search.simulated import SimContext, gpu_request, report_metrics, run_simulated_trial
 from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.tracking import KIND, STATUS, Tracking, TrackingError
 from search.trial import StorageFullError, StudyContext, eval_config, run_trial, storage_full
@@ -215,11 +214,6 @@ def simulated_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple
     if r.max_concurrent_trials:
         k = min(k, r.max_concurrent_trials)
     return max(1, k), resources_of
-
-
-def gpu_request(config: dict) -> PlacementGroupFactory:
-    """A simulated trial's resources: the GPUs its size rule gives, no CPU."""
-    return PlacementGroupFactory([{"CPU": 0, "GPU": float(config["gpus"])}])
 
 
 def study_template(spec: StudySpec, out: Callable[[str], None]) -> tuple[DatasetInfo | None,

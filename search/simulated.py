@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ray import tune
+from ray.tune import PlacementGroupFactory
 
 from scaling.simulate import SimulatedRun, simulate_run, trial_seed
 from scaling.surface import SURFACES, LossSurface
@@ -63,6 +64,13 @@ def report_metrics(ctx: SimContext, config: dict, run: SimulatedRun, k: int) -> 
     if k == len(run.steps) - 1:
         metrics.update(val_loss=run.val_loss, final=1.0)
     return metrics
+
+
+def gpu_request(config: dict) -> PlacementGroupFactory:
+    """A simulated trial's resources: the GPUs its size rule gives, no CPU. It lives here, not
+    with the driver, because Tune ships it to every trial actor: unpickling it there imports its
+    module, and the driver's would pull in torch and MLflow (seconds of CPU per actor)."""
+    return PlacementGroupFactory([{"CPU": 0, "GPU": float(config["gpus"])}])
 
 
 def run_simulated_trial(config: dict, ctx: SimContext) -> None:
