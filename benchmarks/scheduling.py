@@ -10,6 +10,12 @@ Printed: GPU occupancy (compute GPU-seconds / (64 x makespan)), the makespan aga
 bound (total compute GPU-seconds / 64), occupancy over each tenth of the makespan, and the service
 overhead per trial: measured once inside the scaled run (seconds a trial held its GPUs without
 computing) and once as the wall time per trial of the same study with no simulated time at all.
+For reference, the same study's schedule as `plan --gpus 64` computes it (the allocator on a
+virtual clock, no start-up or reporting cost): what the service would reach with no overhead.
+
+The default time scale, 1e-2, turns a simulated GPU-hour into 36 s: the shortest trials (1e17
+FLOPs on 2 GPUs, about 2 simulated minutes) last 1.3 s, a few times what starting a trial costs
+Ray on a 2-core machine; much smaller scales measure that start-up rather than the schedule.
 
     flock /tmp/dit-heavy.lock python benchmarks/scheduling.py [--trials 1000] [--time-scale X]
 """
@@ -28,8 +34,12 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
-from search.driver import RAY_ENV, gpu_request, run_study
+from scaling.surface import SURFACES
+from search.allocator import resolve_prior
+from search.driver import RAY_ENV, run_study
 from search.occupancy import measure
+from search.plan import simulate_study, simulated_template
+from search.simulated import gpu_request
 from search.spec import parse_spec
 
 GPUS = 64
@@ -95,7 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--budgets", type=int, default=50)
-    ap.add_argument("--time-scale", type=float, default=2e-4,
+    ap.add_argument("--time-scale", type=float, default=1e-2,
                     help="wall seconds per simulated GPU-second of a trial")
     ap.add_argument("--overhead-trials", type=int, default=300,
                     help="trials of the unscaled run that measures service overhead")
@@ -117,6 +127,11 @@ def main() -> int:
             bare = bare_tune(args.overhead_trials, tmp, GPUS // 4)
     finally:
         ray.shutdown()
+    spec = parse_spec(study(".", args.trials, args.budgets, args.time_scale, "ideal"))
+    ideal = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
+                           SURFACES[spec.trainer.surface],
+                           concurrency=GPUS // min(r["gpus"] for r in RULE), gpus=GPUS, fit=False)
+    ideal_lb = sum(t.gpus * (t.end - t.start) for t in ideal.trials) / GPUS
     print()
     print(f"GPU occupancy (compute GPU-s / ({GPUS} x makespan)): {occ.occupancy:.1%}  "
           f"(GPUs held: {occ.held_occupancy:.1%}; peak {occ.peak_gpus} GPUs held at once)")
@@ -125,6 +140,9 @@ def main() -> int:
     print(f"makespan {occ.makespan_s:.1f} s, lower bound {occ.lower_bound_s:.1f} s "
           f"(total compute {occ.compute_gpu_s:.0f} GPU-s / {GPUS}): "
           f"makespan / lower bound {occ.makespan_ratio:.3f}")
+    print(f"the allocator's own schedule (plan --gpus {GPUS}, {len(ideal.trials)} trials, no "
+          f"start-up or reporting cost): occupancy {ideal.occupancy:.1%}, makespan / lower bound "
+          f"{ideal.makespan_s / ideal_lb:.3f}")
     sim_hours = occ.compute_gpu_s / args.time_scale / 3600
     print(f"in simulated time: {sim_hours:.0f} GPU-hours, makespan "
           f"{occ.makespan_s / args.time_scale / 3600:.1f} h on {GPUS} GPUs")

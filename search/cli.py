@@ -140,8 +140,11 @@ def cmd_plan(args) -> int:
     from search.results import load_laws
 
     spec = load_spec(args.spec)
-    if args.repeats < 1 or args.concurrency < 1:
-        raise SpecError("plan: --repeats and --concurrency must be at least 1")
+    if args.repeats < 1 or args.concurrency < 1 or args.gpus < 0:
+        raise SpecError("plan: --repeats and --concurrency must be at least 1, --gpus at least 0")
+    if args.gpus and not spec.resources.gpus_per_trial:
+        raise SpecError(f"plan --gpus {args.gpus}: {args.spec} has no resources.gpus_per_trial "
+                        "rule (GPUs by model size) to schedule the trials with")
     tracking = None
 
     def study_law(name: str):
@@ -158,8 +161,12 @@ def cmd_plan(args) -> int:
           f"({prior.source})", flush=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # NaN bootstrap draws are dropped
-        report = plan_study(spec, simulated_template(spec), prior, surface, args.repeats,
-                            args.concurrency, progress=lambda line: print(line, flush=True))
+        try:
+            report = plan_study(spec, simulated_template(spec), prior, surface, args.repeats,
+                                args.concurrency, progress=lambda line: print(line, flush=True),
+                                gpus=args.gpus)
+        except ValueError as err:
+            raise SpecError(f"plan --gpus {args.gpus}: {err}") from None
     print()
     if args.json:
         print(json.dumps({"surface": surface, "truth": report.truth,
@@ -385,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loss surface to simulate (default: the spec's trainer.surface)")
     pl.add_argument("--repeats", type=int, default=20, help="simulated studies per strategy")
     pl.add_argument("--concurrency", type=int, default=1, help="trials running at once")
+    pl.add_argument("--gpus", type=int, default=0,
+                    help="schedule on this many GPUs by resources.gpus_per_trial and report the "
+                         "makespan and GPU occupancy")
     pl.add_argument("--tracking-uri", default=None, help="MLflow, for prior = 'study:NAME'")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(func=cmd_plan)

@@ -66,6 +66,20 @@ class StudySimulation:
     fit: LawFit | None
     fit_error: str | None
     decisions: list[Decision] = field(default_factory=list)
+    cluster_gpus: int = 0  # GPUs the trials were scheduled on (0: trial slots)
+
+    @property
+    def makespan_s(self) -> float:
+        """Virtual seconds from the first trial's start to the last one's end."""
+        return max(t.end for t in self.trials) - min(t.start for t in self.trials)
+
+    @property
+    def occupancy(self) -> float | None:
+        """Share of the cluster's GPU-seconds over the makespan the trials computed."""
+        if not self.cluster_gpus or not self.trials:
+            return None
+        busy = sum(t.gpus * (t.end - t.start) for t in self.trials)
+        return busy / (self.cluster_gpus * self.makespan_s)
 
     @property
     def flops(self) -> float:
@@ -86,8 +100,12 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                    surface: LossSurface, concurrency: int = 1,
                    catalogue: SizeCatalogue | None = None,
                    out: Callable[[str], None] | None = None, fit: bool = True,
-                   draws: int = 1000) -> StudySimulation:
-    """Run the study's trials against `surface` on a virtual clock with `concurrency` slots."""
+                   draws: int = 1000, gpus: int = 0) -> StudySimulation:
+    """Run the study's trials against `surface` on a virtual clock with `concurrency` slots.
+
+    With `gpus` > 0 the slots are GPUs instead, as the service schedules on a GPU cluster: up to
+    `concurrency` trials are proposed at once, each starts when the GPUs its size asks for
+    (resources.gpus_per_trial) are free, and waits otherwise (trials that fit may pass it)."""
     ctx = SimContext(surface, spec.trainer.noise, 1, spec.seed, 0.0,
                      spec.resources.gpu_peak_flops * spec.resources.mfu)
     sim_spec = spec if spec.simulated else spec.model_copy(
@@ -100,11 +118,12 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
     else:
         pending = fixed_grid(sim_spec, template, centre=None if prior.source.startswith("6ND")
                              else prior)
-    clock, seq = 0.0, 0
+    clock, seq, free = 0.0, 0, gpus
     running: list[tuple[float, int, dict, float]] = []
+    waiting: list[dict] = []  # proposed, waiting for their GPUs
     trials: list[SimTrial] = []
     while True:
-        while len(running) < concurrency:
+        while len(running) + len(waiting) < concurrency:
             if allocator is None:
                 if not pending:
                     break
@@ -115,17 +134,25 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                     break
                 budget, _ = allocator.trial_of(point.key)
                 trial = TrialSpec(budget, allocator.catalogue.shapes[point.index], point.params)
-            config = trial_config(sim_spec, template, trial)
+            waiting.append(trial_config(sim_spec, template, trial))
+        for config in list(waiting):
+            need = int(config["gpus"]) if gpus else 0
+            if need > free:
+                continue
+            waiting.remove(config)
+            free -= need
             run = ctx.run(config)
             loss = run.val_loss if spec.metric == "val_loss" else run.final_loss
             seq += 1
-            heapq.heappush(running, (clock + ctx.trial_seconds(config), seq, config, loss))
-            trials.append(SimTrial(config["trial_key"], trial.budget, trial.params,
-                                   int(config["tokens"]), float(config["flops"]), loss,
-                                   int(config["gpus"]), clock, clock + ctx.trial_seconds(config)))
+            end = clock + ctx.trial_seconds(config)
+            heapq.heappush(running, (end, seq, config, loss))
+            trials.append(SimTrial(config["trial_key"], float(config["budget"]),
+                                   int(config["params"]), int(config["tokens"]),
+                                   float(config["flops"]), loss, int(config["gpus"]), clock, end))
         if not running:
             break
         clock, _, config, loss = heapq.heappop(running)
+        free += int(config["gpus"]) if gpus else 0
         if allocator is not None:
             allocator.complete(config["trial_key"], loss)
     law, error = None, None
@@ -141,7 +168,7 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
         except (LawFitError, ValueError) as err:
             error = str(err)
     return StudySimulation(strategy, trials, ctx.gpu_flops, law, error,
-                           list(allocator.decisions) if allocator else [])
+                           list(allocator.decisions) if allocator else [], gpus)
 
 
 def true_exponents(surface: LossSurface, budgets: list[float]) -> dict[str, float]:
@@ -163,6 +190,7 @@ class PlanReport:
     concurrency: int
     runs: dict[str, list[StudySimulation]]
     truth: dict[str, float]
+    gpus: int = 0  # scheduled on this many GPUs by the size rule (0: `concurrency` slots)
 
     def summary(self, strategy: str) -> dict:
         sims = self.runs[strategy]
@@ -173,6 +201,9 @@ class PlanReport:
                "flops_median": statistics.median(s.flops for s in sims),
                "gpu_hours_median": statistics.median(s.gpu_hours for s in sims),
                "fitted": sum(s.fit is not None for s in sims)}
+        if self.gpus:
+            out["makespan_hours_median"] = statistics.median(s.makespan_s for s in sims) / 3600
+            out["occupancy_median"] = statistics.median(s.occupancy for s in sims)
         for law, _ in EXPONENTS:
             got = [e for s in sims if (e := s.exponent(law)) is not None]
             if not got:
@@ -193,8 +224,10 @@ class PlanReport:
                 f"{', '.join(f'{b:.3g}' for b in sorted(s.budgets))} FLOPs "
                 f"(C = {s.convention}, a multiply-add = 2 FLOPs)",
                 f"simulated trainer: surface {self.surface}, noise {s.trainer.noise:.2%} of loss, "
-                f"{len(next(iter(self.runs.values())))} repeats, {self.concurrency} trials at a "
-                f"time; GPU-hours at {r.gpu_peak_flops:.3g} FLOP/s x MFU {r.mfu:g} per GPU",
+                f"{len(next(iter(self.runs.values())))} repeats, "
+                + (f"on {self.gpus} GPUs by resources.gpus_per_trial (up to {self.concurrency} "
+                   "trials at a time)" if self.gpus else f"{self.concurrency} trials at a time")
+                + f"; GPU-hours at {r.gpu_peak_flops:.3g} FLOP/s x MFU {r.mfu:g} per GPU",
                 f"adaptive: {s.allocator.initial_sizes} initial sizes x{s.allocator.spacing:g}, "
                 f"tolerance +-{s.allocator.tolerance:.0%}, per-budget cap "
                 f"{s.allocator.max_trials_per_budget}; fixed grid: {s.model.sizes_per_budget} "
@@ -209,6 +242,11 @@ class PlanReport:
         rows.append(("total FLOPs (median)", *[f"{sums[n]['flops_median']:.3g}" for n in names]))
         rows.append(("GPU-hours (median)", *[f"{sums[n]['gpu_hours_median']:.4g}"
                                              for n in names]))
+        if self.gpus:
+            rows.append((f"makespan on {self.gpus} GPUs, hours (median)", *[
+                f"{sums[n]['makespan_hours_median']:.4g}" for n in names]))
+            rows.append(("GPU occupancy (median)", *[f"{sums[n]['occupancy_median']:.1%}"
+                                                     for n in names]))
         rows.append(("laws fitted", *[f"{sums[n]['fitted']}/{sums[n]['repeats']}"
                                       for n in names]))
         for law, label in EXPONENTS:
@@ -228,8 +266,21 @@ class PlanReport:
 def plan_study(spec: StudySpec, template: DiTConfig, prior: Prior, surface: str,
                repeats: int, concurrency: int = 1,
                progress: Callable[[str], None] | None = None,
-               strategies: tuple[str, ...] = ("adaptive", "fixed")) -> PlanReport:
-    """Simulate the study `repeats` times per strategy (seeds spec.seed, spec.seed + 1, ...)."""
+               strategies: tuple[str, ...] = ("adaptive", "fixed"),
+               gpus: int = 0) -> PlanReport:
+    """Simulate the study `repeats` times per strategy (seeds spec.seed, spec.seed + 1, ...);
+    with `gpus`, on that many GPUs by the spec's size rule (see `simulate_study`), `concurrency`
+    trials proposed at once at most (default: as many as the smallest request fits)."""
+    rule = spec.resources.gpus_per_trial
+    if gpus:
+        if not rule:
+            raise ValueError("planning on GPUs needs the spec's resources.gpus_per_trial rule "
+                             "(GPUs by model size)")
+        most = max(t.gpus for t in rule)
+        if most > gpus:
+            raise ValueError(f"resources.gpus_per_trial asks up to {most} GPUs for one trial; "
+                             f"the plan has {gpus}")
+        concurrency = max(concurrency, gpus // min(t.gpus for t in rule))
     surf = SURFACES[surface]
     sim_spec = spec if spec.simulated else spec.model_copy(
         update={"trainer": spec.trainer.model_copy(update={"kind": "simulated"})})
@@ -239,15 +290,17 @@ def plan_study(spec: StudySpec, template: DiTConfig, prior: Prior, surface: str,
         for i in range(repeats):
             seeded = spec.model_copy(update={"seed": spec.seed + i})
             sim = simulate_study(seeded, template, prior, strategy, surf, concurrency,
-                                 catalogue)
+                                 catalogue, gpus=gpus)
             runs[strategy].append(sim)
             if progress:
                 e = sim.exponent("n_opt")
                 law = (f"a = {e[0]:.4f} [{e[1]:.4f}, {e[2]:.4f}]" if e
                        else f"laws not fitted ({sim.fit_error})")
+                span = (f", makespan {sim.makespan_s / 3600:.3g} h at {sim.occupancy:.0%} GPU "
+                        "occupancy" if gpus else "")
                 progress(f"[{strategy} {i + 1}/{repeats}] {len(sim.trials)} trials, "
-                         f"{sim.flops:.3g} FLOPs, {sim.gpu_hours:.4g} GPU-hours, {law}")
-    return PlanReport(spec, surface, concurrency, runs, true_exponents(surf, spec.budgets))
+                         f"{sim.flops:.3g} FLOPs, {sim.gpu_hours:.4g} GPU-hours{span}, {law}")
+    return PlanReport(spec, surface, concurrency, runs, true_exponents(surf, spec.budgets), gpus)
 
 
 def isclose_budget(a: float, b: float) -> bool:
