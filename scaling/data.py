@@ -109,7 +109,7 @@ def register_pyarrow_schemes(schemes: Iterable[str] = PYARROW_SCHEMES, filesyste
 def listed_sizes(urls: list[str]) -> dict[str, int]:
     """Samples per shard URL as the `dataset.json` beside the shards lists them (unlisted URLs,
     remote ones included, are left out)."""
-    from scaling.builtin_data import DatasetInfo
+    from scaling.dataset_info import DatasetInfo
 
     counts: dict[str, int] = {}
     local = {u: _local_path(u) for u in urls}

@@ -26,12 +26,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from search.spec import DEFAULT_OUTPUT, SpecError, load_spec
-
-
-class UsageError(ValueError):
-    """A command line that cannot be carried out as given; the message says what to add."""
-
+from search.errors import UsageError, store_error_line, user_errors
+from search.spec import DEFAULT_OUTPUT, SpecError, load_spec, study_name
 
 RUNS_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -50,11 +46,15 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
-def _tracking(args):
-    from search.tracking import Tracking
+def _tracking(args, write: bool = False):
+    """The store of a query (read-only: it must exist, and a server gets short HTTP retries) or of
+    `fit --log-to-mlflow` (`write`), checked before MLflow opens it."""
+    from search.store import limit_http_retries, open_tracking
 
+    if not write:
+        limit_http_retries()
     root = getattr(args, "artifact_root", None) or default_artifact_root(args.tracking_uri)
-    return Tracking(args.tracking_uri, root)
+    return open_tracking(args.tracking_uri, root, write=write)
 
 
 def _positive_flops(text: str) -> float:
@@ -87,7 +87,8 @@ def args_source(spec) -> str:
 
 
 def cmd_run(args) -> int:
-    from search.driver import run_study
+    from search.preflight import check_dataset
+    from search.store import check_store
 
     spec = _with_allocator(load_spec(args.spec), args.allocator)
     if args.output_dir:
@@ -95,16 +96,24 @@ def cmd_run(args) -> int:
     if args.tracking_uri:
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
             update={"uri": args.tracking_uri})})
+    # Everything that can be checked here is, before Ray and torch load and anything is written.
+    check_dataset(spec, args.spec)
+    check_store(spec.tracking_uri, write=True)
+    from search.driver import run_study
+
     return _report(run_study(spec), spec.name)
 
 
 def cmd_resume(args) -> int:
+    from search.store import check_store
+
     if args.address:
         from search.jobs import submit_resume
 
         sub = submit_resume(args.study, args.tracking_uri, args.address)
         _submitted(sub, resumed=True)
         return 0
+    check_store(args.tracking_uri, write=True, create=False)
     from search.driver import resume_study
 
     return _report(resume_study(args.study, args.tracking_uri), args.study)
@@ -125,6 +134,9 @@ def _outcome(name: str, outcome) -> None:
 
 
 def cmd_refine(args) -> int:
+    from search.store import check_store
+
+    check_store(args.tracking_uri, write=True, create=False)
     from search.driver import refine_study
 
     outcome = refine_study(args.study, args.tracking_uri, args.budget, args.tolerance)
@@ -149,9 +161,9 @@ def cmd_plan(args) -> int:
 
     def study_law(name: str):
         nonlocal tracking
-        from search.tracking import Tracking
+        from search.store import open_tracking
 
-        tracking = tracking or Tracking(args.tracking_uri or spec.tracking_uri)
+        tracking = tracking or open_tracking(args.tracking_uri or spec.tracking_uri)
         return load_laws(tracking, name)[0].n_opt
 
     prior = resolve_prior(spec, study_law)
@@ -179,8 +191,7 @@ def cmd_plan(args) -> int:
 def _address(args) -> str:
     address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or ""
     if not address:
-        raise SystemExit(f"{args.command}: give --address http://HEAD:8265 (or set "
-                         "RAY_API_SERVER_ADDRESS)")
+        raise UsageError("give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
     return address
 
 
@@ -194,9 +205,10 @@ def _submitted(sub, resumed: bool = False) -> None:
 
 
 def cmd_submit(args) -> int:
+    address = _address(args)
     from search.jobs import submit_study
 
-    _submitted(submit_study(args.spec, _address(args), args.output_dir))
+    _submitted(submit_study(args.spec, address, args.output_dir))
     return 0
 
 
@@ -215,9 +227,9 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_status(args) -> int:
+    tracking = _tracking(args)
     from search.tracking import STATUS
 
-    tracking = _tracking(args)
     run = tracking.latest_study_run(args.study)
     records = tracking.trial_records(run.info.run_id, run.info.experiment_id)
     counts = Counter(r.status for r in records)
@@ -239,9 +251,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_laws(args) -> int:
+    tracking = _tracking(args)
     from search.results import load_laws
 
-    fit, run = load_laws(_tracking(args), args.study)
+    fit, run = load_laws(tracking, args.study)
     text = f"study {args.study} (study run {run.info.run_id})\n{fit.table()}"
     excluded = run.data.tags.get("dit.excluded")
     if excluded:
@@ -251,14 +264,16 @@ def cmd_laws(args) -> int:
 
 
 def _law(args):
-    from scaling.laws import paper_law
-    from search.results import load_laws
-
     if args.law == "paper":
+        from scaling.laws import paper_law
+
         return paper_law(), "the paper's published law"
     if not args.study:
         raise UsageError("give --study NAME or --law paper")
-    fit, run = load_laws(_tracking(args), args.study)
+    tracking = _tracking(args)
+    from search.results import load_laws
+
+    fit, run = load_laws(tracking, args.study)
     return fit, f"study {args.study} (study run {run.info.run_id})"
 
 
@@ -270,11 +285,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    if args.log_to_mlflow and not args.study:
+        raise UsageError("--log-to-mlflow needs --study NAME")
+    tracking = _fit_store(args) if args.log_to_mlflow else None  # refused before fitting
     from scaling.laws import FitOptions, fit_laws
     from scaling.runs_table import read_runs
 
-    if args.log_to_mlflow and not args.study:
-        raise UsageError("--log-to-mlflow needs --study NAME")
     points = read_runs(args.runs)
     try:
         options = FitOptions(convention=args.convention, draws=args.draws,
@@ -283,19 +299,28 @@ def cmd_fit(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from err
     fit = fit_laws(points, options)
-    if args.log_to_mlflow:
-        _log_fit(args, fit)
+    if tracking is not None:
+        _log_fit(args, tracking, fit)
     _emit(args, fit.to_dict(), fit.table())
     return 0
 
 
-def _log_fit(args, fit) -> None:
+def _fit_store(args):
+    """The store `fit --log-to-mlflow` writes to, refusing a name a real study already holds: the
+    fit's study run would become the study's latest and hide its trials."""
+    tracking = _tracking(args, write=True)
+    if tracking.trial_count(args.study):
+        raise UsageError(f"--study {args.study}: a study with trial runs already has this name in "
+                         f"MLflow at {tracking.uri}; log the fit under another name")
+    return tracking
+
+
+def _log_fit(args, tracking, fit) -> None:
     import tempfile
 
     from search.results import law_metrics
     from search.tracking import LAWS_FILE
 
-    tracking = _tracking(args)
     run_id = tracking.start_study_run(args.study, {"source": str(Path(args.runs).resolve())})
     with tempfile.TemporaryDirectory() as tmp:
         laws = Path(tmp) / LAWS_FILE
@@ -309,16 +334,19 @@ def _log_fit(args, fit) -> None:
 
 def _fit_source(args, source: str):
     """A study name in MLflow, or a runs file (CSV/Parquet) fitted on the spot."""
-    from scaling.laws import FitOptions, fit_laws
-    from scaling.runs_table import read_runs
-    from search.results import load_laws
-
     path = Path(source)
-    if path.suffix.lower() in RUNS_SUFFIXES or path.is_file():
+    if path.suffix.lower() in RUNS_SUFFIXES or path.exists():
+        from scaling.laws import FitOptions, fit_laws
+        from scaling.runs_table import read_runs
+
         # The comparison reads Approach 2's exponents only: Approach 3 would cost time for nothing.
         return fit_laws(read_runs(path), FitOptions(seed=args.seed, draws=args.draws,
                                                     approach3=False))
-    return load_laws(_tracking(args), source)[0]
+    name = study_name(source)
+    tracking = _tracking(args)
+    from search.results import load_laws
+
+    return load_laws(tracking, name)[0]
 
 
 def cmd_compare(args) -> int:
@@ -484,32 +512,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "study", None):
+            try:
+                study_name(args.study)
+            except SpecError as err:
+                raise UsageError(f"--study {err}") from None
         return args.func(args)
     except Exception as err:
-        if isinstance(err, _user_errors()):
-            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
-            return 2
-        from search.driver import ClusterError, StudyStopped
-        from search.grid import GridError
-        from search.jobs import JobError
-
-        if isinstance(err, JobError | ClusterError | GridError):
-            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
-            return 2
-        if isinstance(err, StudyStopped):
-            print(f"dit-scaling {args.command}: {err}", file=sys.stderr)
-            return 3
-        raise
+        line = _error_line(err)
+        if line is None:
+            raise
+        print(f"dit-scaling {args.command}: {line}", file=sys.stderr)
+        driver = sys.modules.get("search.driver")
+        return 3 if driver and isinstance(err, driver.StudyStopped) else 2
 
 
-def _user_errors() -> tuple[type, ...]:
-    """Errors that mean bad input, from the modules the command loaded (nothing is imported just
-    to catch its error: `laws` and `predict` stay free of Ray and torch)."""
-    names = {"search.spec": "SpecError", "scaling.runs_table": "RunsTableError",
-             "scaling.laws.fit": "LawFitError", "search.tracking": "TrackingError",
-             "search.driver": "ClusterError", "search.grid": "GridError"}
-    return (UsageError, PrepareError,
-            *(getattr(sys.modules[m], n) for m, n in names.items() if m in sys.modules))
+def _error_line(err: Exception) -> str | None:
+    """The one line a command prints for `err` (bad input, an unusable store, a study that
+    stopped); None for a defect of the service itself, which keeps its traceback."""
+    driver = sys.modules.get("search.driver")
+    if isinstance(err, (*user_errors(), PrepareError)) or (
+            driver and isinstance(err, driver.StudyStopped)):
+        lines = [part.strip() for part in str(err).splitlines() if part.strip()]
+        if not lines:
+            return type(err).__name__
+        head = lines[0] if lines[0].endswith(":") or len(lines) == 1 else lines[0] + ":"
+        return " ".join([head, "; ".join(lines[1:])]).strip()
+    store = store_error_line(err)
+    if store is not None:
+        return store
+    return None
 
 
 if __name__ == "__main__":

@@ -7,20 +7,26 @@ offline). A copy of the figures and the table is also written under OUTPUT/studi
 
 from __future__ import annotations
 
-import errno
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ray.tune import Callback
-
-from scaling.figures import isoflop_figure, power_law_figure
 from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
-from scaling.runs_table import RunPoint, read_runs, write_runs
+from scaling.runs_table import RunPoint, write_runs
 from search.spec import StudySpec
 from search.tracking import LAWS_FILE, Tracking, TrackingError, TrialRecord
 
 RUNS_FILE = "runs.parquet"
+
+
+def __getattr__(name: str):
+    # The Tune callback lives in search.runs_writer (it needs Ray, which queries never load);
+    # this keeps `from search.results import RunsTableWriter` working for the driver.
+    if name == "RunsTableWriter":
+        from search.runs_writer import RunsTableWriter
+
+        return RunsTableWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint], list[str]]:
@@ -41,55 +47,6 @@ def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint
                                tokens=r.param("tokens"), budget=budget, trial=r.trial_key,
                                status=r.status, fid=fid if fid is not None and fid > 0 else None))
     return points, excluded
-
-
-class RunsTableWriter(Callback):
-    """Writes the runs table again each time a trial finishes, so `dit-scaling fit` can run offline
-    while the study is still going: OUTPUT/studies/NAME/runs.parquet on the driver's machine and a
-    copy beside the Tune experiment in the study's storage (a local path or any pyarrow.fs URI,
-    e.g. s3://). Rows already in the local file (trials finished before a restart) are kept.
-    Diverged and failed trials are not fit points and are left out.
-    """
-
-    def __init__(self, spec: StudySpec, experiment_path: str):
-        self.metric = spec.metric
-        self.local = study_dir(spec) / RUNS_FILE
-        self.remote = f"{experiment_path.rstrip('/')}/{RUNS_FILE}"
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        r, c = trial.last_result or {}, trial.config
-        value = r.get(self.metric)
-        if r.get("diverged") or value is None or not (value > 0):
-            return
-        budget, fid = float(c["budget"]), r.get("fid")
-        point = RunPoint(compute=budget, params=float(c["params"]), loss=float(value),
-                         tokens=float(r["tokens"]) if r.get("tokens") else None, budget=budget,
-                         trial=c["trial_key"], status="finished",
-                         fid=float(fid) if fid is not None and fid > 0 else None)
-        rows = {p.trial: p for p in (read_runs(self.local, min_sizes=0)
-                                     if self.local.exists() else [])}
-        rows[point.trial] = point
-        points = sorted(rows.values(), key=lambda p: (p.group, p.params))
-        try:
-            write_runs(points, self.local)
-            _copy_to_storage(self.local, self.remote)
-        except OSError as err:
-            from search.trial import StorageFullError, storage_full
-
-            if storage_full(err):
-                raise StorageFullError(errno.ENOSPC, f"storage is full writing {RUNS_FILE}: "
-                                                     f"{err}") from err
-            raise
-
-
-def _copy_to_storage(local: Path, uri: str) -> None:
-    """Copy a local file to a path or pyarrow.fs URI (s3://, gs://, file://...)."""
-    from pyarrow import fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as out:
-        out.write(local.read_bytes())
 
 
 def law_metrics(fit: LawFit) -> dict[str, float]:
@@ -115,6 +72,8 @@ def study_dir(spec: StudySpec) -> Path:
 def fit_and_log(tracking: Tracking, spec: StudySpec, study_run_id: str,
                 out: Callable[[str], None]) -> tuple[str, list[Path]]:
     """Fit the study's finished trials, log laws, table and figures to the study run."""
+    from scaling.figures import isoflop_figure, power_law_figure  # matplotlib: only when fitting
+
     experiment = tracking.experiment_id(spec.name)
     points, excluded = trial_points(tracking.trial_records(study_run_id, experiment), spec.metric)
     folder = study_dir(spec)

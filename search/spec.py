@@ -1,24 +1,55 @@
 """The study spec: a TOML file validated into frozen pydantic models before any compute starts.
 
-A bad spec fails with one line per problem, each naming the field, the value and what is allowed:
-`budgets[2]: -1e12 is not a positive number of FLOPs`. Relative paths are resolved against the
-directory the command runs in. FLOPs count a multiply-add as 2 FLOPs throughout.
+A bad spec fails with one line naming every problem (`; ` between them), each with the field, the
+value and what is allowed: `budgets[2]: -1e12 is not a positive number of FLOPs`. Relative paths
+are resolved against the directory the command runs in. FLOPs count a multiply-add as 2 FLOPs
+throughout. `search.preflight` adds the checks that read the file system (a prepared dataset).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomllib
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_OUTPUT = "dit-scaling-runs"
+# A study name is an MLflow experiment and a folder name under OUTPUT/studies and the artifact
+# root: no separators, no leading dot (so never `..`).
+STUDY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 class SpecError(ValueError):
     """A study spec that cannot run; the message names every bad field."""
+
+
+def study_name(name: str) -> str:
+    """`name` if it can name a study (as `StudySpec.name` must), else SpecError saying why."""
+    if not re.fullmatch(STUDY_NAME, name):
+        raise SpecError(f"{name!r} is not a study name: 1 to 100 letters, digits, '_', '.' or '-', "
+                        "starting with a letter or digit")
+    return name
+
+
+def _not_text(what: str):
+    """Numbers must be numbers: pydantic would otherwise read the string "1e11" as 1e11."""
+    def check(value: Any) -> Any:
+        if isinstance(value, str | bool):
+            raise ValueError(f"is not a number of {what} (write it without quotes)")
+        return value
+
+    return BeforeValidator(check)
 
 
 def _positive(what: str):
@@ -30,8 +61,8 @@ def _positive(what: str):
     return AfterValidator(check)
 
 
-Flops = Annotated[float, _positive("FLOPs")]
-Params = Annotated[float, _positive("parameters")]
+Flops = Annotated[float, _not_text("FLOPs"), _positive("FLOPs")]
+Params = Annotated[float, _not_text("parameters"), _positive("parameters")]
 
 
 def _absolute(value: str | None) -> str | None:
@@ -283,7 +314,7 @@ class StorageSpec(_Frozen):
 class StudySpec(_Frozen):
     """One isoFLOP study: budgets x model sizes, trained, tracked and fitted."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    name: str = Field(pattern=STUDY_NAME)
     seed: int = 0
     budgets: list[Flops] = Field(min_length=2)
     convention: Literal["6ND", "exact"] = "6ND"
@@ -303,6 +334,14 @@ class StudySpec(_Frozen):
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError(f"budgets {_value(self.budgets)} repeat a value; each budget is one "
                              "isoFLOP curve")
+        if self.budgets != sorted(self.budgets):
+            raise ValueError(f"budgets {_value(self.budgets)} must be given smallest first "
+                             f"({_value(sorted(self.budgets))})")
+        if self.data.source == "builtin" or self.simulated:
+            size, patch = self.data.image_size, self.model.patch_size
+            if size % patch:
+                raise ValueError(f"data.image_size {size} is not divisible by model.patch_size "
+                                 f"{patch}: the image must split into whole patches")
         if self.metric == "val_loss" and self.trainer.val_samples == 0:
             raise ValueError("metric = 'val_loss' needs trainer.val_samples > 0")
         simulated = self.trainer.kind == "simulated"
@@ -390,11 +429,13 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"{loc}: unknown field (check its spelling)")
         elif msg.startswith("is "):
             lines.append(f"{loc}: {_value(e['input'])} {msg}")
-        elif loc == "spec" or e["type"] == "value_error":
+        elif loc == "spec":  # a rule across fields: its message names them
+            lines.append(msg)
+        elif e["type"] == "value_error":
             lines.append(f"{loc}: {msg}")
         else:
             lines.append(f"{loc}: {_value(e['input'])} is not allowed: {msg[0].lower()}{msg[1:]}")
-    return f"{source}: invalid study spec\n  " + "\n  ".join(lines)
+    return f"{source}: invalid study spec: " + "; ".join(lines)
 
 
 def parse_spec(data: dict, source: str = "spec") -> StudySpec:
@@ -408,9 +449,15 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study spec TOML file; raises SpecError naming every bad field."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SpecError(f"{path}: no such study spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a study spec file (TOML)") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (a study spec is UTF-8 TOML)") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot be read: {err.strerror or err}") from None
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from None
     return parse_spec(data, str(path))

@@ -18,10 +18,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from search.errors import TrackingError, first_line
+from search.store import probe_server
+
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Command output is the service's own: no tqdm bar for every laws.json a query downloads.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -31,13 +36,8 @@ TRIAL_KEY = "dit.trial_key"
 BUDGET = "dit.budget"
 STATUS = "dit.status"  # running, finished, failed, diverged
 PARENT = "mlflow.parentRunId"
-RUN_NAME = "mlflow.runName"
 LAWS_FILE = "laws.json"
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
-
-
-class TrackingError(RuntimeError):
-    """MLflow could not answer a query the service needs; the message names the server and study."""
 
 
 @dataclass(frozen=True)
@@ -60,45 +60,23 @@ class Tracking:
     def __init__(self, uri: str, artifact_root: str | None = None):
         self.uri = uri
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as err:  # an unsupported scheme, a store that cannot be opened
+            raise TrackingError(f"MLflow store {uri} cannot be opened: {_short(err)}") from None
 
-    def describe(self) -> str:
-        return self.uri
-
-    def check_access(self, timeout: float = 10.0) -> None:
+    def check_access(self, timeout: float = 5.0) -> None:
         """Fail fast, with one line naming the server and the cause, if the store cannot be used:
         unreachable, credentials refused (401) or not allowed (403). A server is asked once,
         without MLflow's minutes of retries, so a bad setting is reported before any compute."""
-        if not self.uri.startswith(("http://", "https://")):
-            try:
-                self.client.search_experiments(max_results=1)
-            except Exception as err:
-                raise TrackingError(f"MLflow store {self.uri} cannot be opened: "
-                                    f"{_short(err)}") from None
+        if self.uri.startswith(("http://", "https://")):
+            probe_server(self.uri, timeout)
             return
-        from mlflow.utils.credentials import get_default_host_creds
-        from mlflow.utils.rest_utils import http_request
-
-        creds = get_default_host_creds(self.uri)
         try:
-            response = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET",
-                                    max_retries=1, backoff_factor=1, timeout=timeout,
-                                    params={"max_results": 1})
+            self.client.search_experiments(max_results=1)
         except Exception as err:
-            raise TrackingError(f"MLflow tracking server {self.uri} is unreachable: "
+            raise TrackingError(f"MLflow store {self.uri} cannot be opened: "
                                 f"{_short(err)}") from None
-        user = creds.username or "(none)"
-        if response.status_code == 401:
-            hint = ("wrong MLFLOW_TRACKING_PASSWORD" if creds.username else
-                    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-            raise TrackingError(f"MLflow tracking server {self.uri} refused the credentials of "
-                                f"user {user} (HTTP 401): {hint}")
-        if response.status_code == 403:
-            raise TrackingError(f"MLflow tracking server {self.uri}: user {user} may not read "
-                                "experiments (HTTP 403)")
-        if response.status_code != 200:
-            raise TrackingError(f"MLflow tracking server {self.uri} answered HTTP "
-                                f"{response.status_code}: {response.text[:200]}")
 
     # -- experiments and study runs ---------------------------------------------------------
     def experiment_id(self, study: str, create: bool = False) -> str:
@@ -120,6 +98,15 @@ class Tracking:
                                      run_name=f"{study}-study")
         self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def trial_count(self, study: str, limit: int = 1) -> int:
+        """How many trial runs the study's experiment holds (counted up to `limit`); 0 when there
+        is no such experiment."""
+        exp = self.client.get_experiment_by_name(study)
+        if exp is None:
+            return 0
+        return len(self.client.search_runs([exp.experiment_id], f"tags.`{KIND}` = 'trial'",
+                                           max_results=limit))
 
     def study_runs(self, study: str) -> list:
         exp = self.experiment_id(study)
@@ -189,10 +176,6 @@ class Tracking:
 
     def download_text(self, run_id: str, name: str, dst: Path) -> str:
         return Path(self.client.download_artifacts(run_id, name, str(dst))).read_text()
-
-
-def run_is_terminal(run) -> bool:
-    return RunStatus.is_terminated(RunStatus.from_string(run.info.status))
 
 
 class MetricSink:
@@ -345,8 +328,7 @@ def load_metrics(path: str | Path, run_id: str) -> list[Metric]:
 
 
 def _short(err: Exception) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text[:200]
+    return first_line(err, 200)
 
 
 def _batch_sender(uri: str, timeout: float):
