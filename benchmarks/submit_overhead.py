@@ -84,7 +84,9 @@ def main() -> None:
         server = MlflowServer(work / "mlflow", postgres.create_database("mlflow"),
                               postgres.create_database("mlflow_auth"), env=postgres.env())
         server.start()
-        os.environ.update(server.create_user("bench"))
+        creds = server.create_user("bench")
+        os.environ.update(creds)  # the client's own, for its access check
+        cluster.give_credentials(creds)  # the nodes', as a cluster definition provides them
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(cluster.token_path)
         cluster.start_head({"trial_slot": 4})
         cluster.add_node("node_a", num_cpus=1)

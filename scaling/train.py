@@ -100,9 +100,6 @@ class TrainConfig:
     data_workers: int = 0  # DataLoader processes decoding shards; 0: in this process
     caption_dropout: float = 0.0  # fraction of samples trained without caption (for CFG)
     eval: EvalConfig | None = None  # end-of-trial evaluation beyond the validation loss
-    # Fault injection for testing the service: the loss is made NaN at this step, so the
-    # divergence path (stop, report `diverged`, exclusion from the fit) runs for real.
-    nan_loss_at_step: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "report_every"):
@@ -197,7 +194,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every generator's state in types `torch.load(weights_only=True)` accepts (tensors, lists,
+    numbers, strings): numpy's key array travels as a tensor."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -206,7 +208,8 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -238,11 +241,12 @@ def _save_checkpoint(model: nn.Module, opt: torch.optim.Optimizer, state: _State
 
 def load_checkpoint(path: str | Path) -> dict:
     """The saved training state of a checkpoint directory written by `train` (tensors mapped from
-    the file, so every rank can open it cheaply)."""
+    the file, so every rank can open it cheaply). Only tensors and plain containers are read
+    (`weights_only=True`): a checkpoint in shared storage cannot run code in the reader."""
     file = Path(path) / CHECKPOINT_FILE
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint {path} has no {CHECKPOINT_FILE}")
-    return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, path: str | Path, world: int) -> _State:
@@ -360,8 +364,6 @@ def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
             with _autocast(device, cfg.precision):
                 loss = flow_loss(net, image[part], text[part], mask[part], t[part],
                                  eps[part]).sum() / local
-            if cfg.nan_loss_at_step is not None and step + 1 >= cfg.nan_loss_at_step:
-                loss = loss * float("nan")  # fault injection (tests): a diverging trial
             loss.backward()
         total += loss.detach()
     if cfg.grad_clip > 0:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import pickle
+import pickletools
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
-from ray import cloudpickle, tune
+from ray import tune
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
@@ -29,6 +30,7 @@ from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
 from scaling.text import DEFAULT_TEXT_ENCODER
 from search.allocator import Prior, resolve_prior
+from search.credentials import has_embedded_credentials, masked_uri
 from search.grid import GridSearcher, TrialSpec, fixed_grid, plan, trial_config
 from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
 from search.plan import simulated_template
@@ -40,6 +42,7 @@ from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.tracking import KIND, STATUS, Tracking, TrackingError
 from search.trial import StorageFullError, StudyContext, eval_config, run_trial, storage_full
 from search.trial_log import SimulatedTrialLog, Usage, known_trial_runs
+from search.trust import SIGNATURE_TAG, signature, trusted_state
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
@@ -384,9 +387,8 @@ def _run_allocated(spec: StudySpec, out: Callable[[str], None] | None = None) ->
     study_run_id = tracking.start_study_run(spec.name, _flat_params(spec_to_toml_dict(spec)))
     name = f"{spec.name}-{study_run_id[:8]}"
     tracking.client.log_text(study_run_id, spec.model_dump_json(indent=1), SPEC_FILE)
-    tracking.set_tags(study_run_id, {EXPERIMENT_TAG: experiment_path(spec, study_run_id),
-                                     STORAGE_TAG: spec.storage_path,
-                                     SPEC_TAG: spec.model_dump_json(exclude_none=True)})
+    record_state(tracking, study_run_id, spec.model_dump_json(exclude_none=True),
+                 experiment_path(spec, study_run_id), {STORAGE_TAG: spec.storage_path})
     run = StudyRun(spec, info, template, tracking, study_run_id, out)
     trials = f"{planned} trials" if planned is not None else "adaptive trials"
     trainer = (f"simulated trainer (surface {spec.trainer.surface})" if spec.simulated
@@ -400,17 +402,22 @@ def _run_allocated(spec: StudySpec, out: Callable[[str], None] | None = None) ->
     return run.finish(progress, path, usage, t0)
 
 
-def load_study(tracking: Tracking, study: str) -> tuple[object, StudySpec]:
-    """The latest study run of a study and the spec it ran with (from MLflow)."""
+def record_state(tracking: Tracking, run_id: str, spec_json: str, experiment: str,
+                 extra: dict[str, str] | None = None) -> None:
+    """Store what `resume` needs (the resolved spec, the Tune experiment path) with the
+    signature `search.trust` checks before any of it is loaded again."""
+    tracking.set_tags(run_id, {SPEC_TAG: spec_json, EXPERIMENT_TAG: experiment,
+                               SIGNATURE_TAG: signature(run_id, spec_json, experiment),
+                               **(extra or {})})
+
+
+def load_study(tracking: Tracking, study: str) -> tuple[object, StudySpec, str]:
+    """The latest study run of a study, the spec it ran with and its Tune experiment path, each
+    checked by `search.trust.trusted_state` (from MLflow; nothing is loaded from storage)."""
     run = tracking.latest_study_run(study)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = tracking.download_text(run.info.run_id, SPEC_FILE, Path(tmp))
-        except Exception as err:
-            raise TrackingError(f"study {study!r}: run {run.info.run_id} has no {SPEC_FILE} in "
-                                f"MLflow at {tracking.uri} (it was run before the spec was "
-                                f"logged): {err}") from err
-    return run, StudySpec.model_validate_json(text)
+    spec_json, experiment = trusted_state(study, run.info.run_id, run.data.tags, SPEC_TAG,
+                                          EXPERIMENT_TAG, tracking.uri)
+    return run, StudySpec.model_validate_json(spec_json), experiment
 
 
 def _resume_allocated(study: str, tracking_uri: str,
@@ -421,9 +428,9 @@ def _resume_allocated(study: str, tracking_uri: str,
     out = out or _print
     t0 = time.monotonic()
     tracking = Tracking(tracking_uri)
-    run, spec = load_study(tracking, study)
+    run, spec, experiment = load_study(tracking, study)
     tags = run.data.tags
-    path = Path(tags.get(EXPERIMENT_TAG) or experiment_path(spec, run.info.run_id))
+    path = Path(experiment)
     if not tune.Tuner.can_restore(str(path)):
         raise TrackingError(f"study {study!r}: no restorable Tune experiment at {path}")
     info, template = study_template(spec, out)
@@ -453,7 +460,7 @@ def refine_study(study: str, tracking_uri: str, budgets: list[float] | None = No
     out = out or _print
     t0 = time.monotonic()
     tracking = Tracking(tracking_uri)
-    run, spec = load_study(tracking, study)
+    run, spec, _ = load_study(tracking, study)
     run_id = run.info.run_id
     chosen = [float(c) for c in budgets or []]
     for c in chosen:
@@ -539,7 +546,15 @@ class StorageGuard(Callback):
 
 
 def resolved_spec(spec: StudySpec) -> StudySpec:
-    """The spec with every location made absolute, so the study can be resumed from anywhere."""
+    """The spec with every location made absolute, so the study can be resumed from anywhere.
+
+    It is stored with the study (MLflow tags and params), so a tracking URI carrying credentials
+    is refused here rather than written there."""
+    if has_embedded_credentials(spec.tracking_uri):
+        raise SpecError(f"tracking.uri {masked_uri(spec.tracking_uri)} carries credentials "
+                        "(user:password@), which would be stored with the study: give them as "
+                        "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or in "
+                        "~/.mlflow/credentials")
     data = spec.model_dump(mode="json")
     data["output_dir"] = str(spec.output_path)
     data["tracking"] = {"uri": spec.tracking_uri, "artifact_root": spec.artifact_root}
@@ -584,8 +599,8 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
 
     study_run_id = tracking.start_study_run(spec.name, _flat_params(spec_to_toml_dict(spec)))
     path = experiment_path(spec, study_run_id)
-    tracking.set_tags(study_run_id, {SPEC_TAG: spec.model_dump_json(exclude_none=True),
-                                     EXPERIMENT_TAG: path, "dit.planned_trials": len(trials)})
+    record_state(tracking, study_run_id, spec.model_dump_json(exclude_none=True), path,
+                 {"dit.planned_trials": str(len(trials))})
     study = _Study(spec, tracking, study_run_id, info, template, len(trials))
     connect_ray(spec)
     k, trial_resources = trial_concurrency(spec, ray.cluster_resources())
@@ -647,23 +662,33 @@ def study_searcher(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec]
     return LRSweepSearcher(sweep, grid, rule, spec.metric, on_rule=log_rule), sweep
 
 
+def _pickle_complete(data: bytes) -> None:
+    """Raise unless `data` is one whole pickle stream; its opcodes are parsed, never run."""
+    ops = list(pickletools.genops(data))
+    if not ops or ops[-1][0].name != "STOP":
+        raise ValueError("no STOP opcode")
+
+
 def unreadable_state(path: str) -> str | None:
     """Why Tune could not restore the experiment at `path` (None if it can): missing, or state
-    files cut short, e.g. by a disk that filled up while Tune was saving them."""
+    files cut short, e.g. by a disk that filled up while Tune was saving them. Nothing is
+    unpickled here: the trust check (`search.trust`) comes first, and Tune's restore is the
+    only reader of its pickles."""
     from pyarrow import fs as pafs
 
     if not tune.Tuner.can_restore(path):
         return "no Tune experiment state there"
     filesystem, root = pafs.FileSystem.from_uri(path if "://" in path else str(Path(path)))
     infos = filesystem.get_file_info(pafs.FileSelector(root))
-    for prefix, load in (("experiment_state-", json.loads), ("searcher-state-", cloudpickle.loads),
-                         ("search_gen_state-", json.loads)):
+    # experiment_state is JSON; the searcher's saved states are pickles, whatever their suffix
+    for prefix, check in (("experiment_state-", json.loads), ("searcher-state-", _pickle_complete),
+                          ("search_gen_state-", _pickle_complete)):
         files = sorted(i.path for i in infos if i.base_name.startswith(prefix))
         if not files:
             continue
         try:
             with filesystem.open_input_stream(files[-1]) as f:
-                load(f.read())
+                check(f.read())
         except Exception as err:
             return f"{files[-1].rsplit('/', 1)[-1]} is unreadable ({type(err).__name__})"
     return None
@@ -682,16 +707,11 @@ def resume_study(study_name: str, tracking_uri: str,
     t0 = time.monotonic()
     tracking = Tracking(tracking_uri)
     tracking.check_access()
-    run = tracking.latest_study_run(study_name)
-    if SPEC_TAG not in run.data.tags:
-        raise TrackingError(f"study {study_name!r}: study run {run.info.run_id} in MLflow at "
-                            f"{tracking_uri} has no {SPEC_TAG} tag, so it cannot be resumed")
-    spec = StudySpec.model_validate_json(run.data.tags[SPEC_TAG])
+    run, spec, path = load_study(tracking, study_name)
     if spec.simulated or spec.allocator.kind == "adaptive":
         # Tuner.restore as below, with the simulated trainable and the allocator's searcher state
         return _resume_allocated(study_name, tracking_uri, out)
     study_run_id = run.info.run_id
-    path = run.data.tags.get(EXPERIMENT_TAG) or experiment_path(spec, study_run_id)
     tracking = Tracking(spec.tracking_uri if spec.tracking.uri else tracking_uri,
                         spec.artifact_root)
     info = prepare_data(spec, out)
@@ -714,7 +734,7 @@ def resume_study(study_name: str, tracking_uri: str,
     # trial's Train run, named by study run and trial, continues from its last checkpoint.
     trials = fixed_grid(spec, template)
     fresh = f"{experiment_path(spec, study_run_id)}-r{time.strftime('%Y%m%d%H%M%S')}"
-    tracking.set_tags(study_run_id, {EXPERIMENT_TAG: fresh})
+    record_state(tracking, study_run_id, run.data.tags[SPEC_TAG], fresh)
     out(f"study {spec.name}: Tune's state at {path} cannot be restored ({problem}); resuming "
         f"study run {study_run_id} from MLflow and the trials' checkpoints in {fresh}")
     return _fit(study, _new_tuner(study, trials, fresh, k, trial_resources, out), out, t0)

@@ -6,10 +6,13 @@ the spec (as the job's `working_dir`) and this package (`py_modules`, so the clu
 client's code) through `JobSubmissionClient`.
 
 Secrets: the Ray token is read from `RAY_AUTH_TOKEN` or the file named by `RAY_AUTH_TOKEN_PATH`
-and sent as an `Authorization: Bearer` header (Ray's client sends its own only when
-`RAY_AUTH_MODE=token` is set in the client process). MLflow credentials
-(`MLFLOW_TRACKING_USERNAME`/`PASSWORD`) travel in the job's `runtime_env` environment, which only
-holders of the cluster token can read; `jobs status` never prints them.
+(which must be private to its owner) and sent as an `Authorization: Bearer` header (Ray's client
+sends its own only when `RAY_AUTH_MODE=token` is set in the client process), only over https or
+to a loopback address. MLflow credentials never travel with the job: Ray keeps a job's
+`runtime_env`, entrypoint and metadata in its job table, shows them through the job API and writes
+them to its logs. The driver on the cluster reads them where the cluster definition put them
+(`search.credentials`), and `submit` first runs a short check job (`search.cluster_check`) that
+every node sees credentials MLflow accepts, saying how to provide them if not.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ from pathlib import Path
 
 import tomllib
 
+from search.credentials import (
+    HOWTO,
+    InsecureSecretError,
+    check_private_file,
+    check_secret_transport,
+    has_embedded_credentials,
+    masked_uri,
+)
 from search.spec import SpecError, StudySpec, load_spec
 
 SPEC_NAME = "study.toml"
-SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 PACKAGES = ("scaling", "search")
 
 
@@ -53,6 +63,10 @@ def ray_token() -> tuple[str | None, str]:
         file = Path(path).expanduser()
         if not file.is_file():
             raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: no such token file")
+        try:
+            check_private_file(file, "Ray token file")
+        except InsecureSecretError as err:
+            raise JobError(f"RAY_AUTH_TOKEN_PATH: {err}") from None
         token = file.read_text().strip()
         if not token:
             raise JobError(f"RAY_AUTH_TOKEN_PATH={path}: the token file is empty")
@@ -69,6 +83,11 @@ def job_client(address: str):
         raise JobError(f"cluster address {address!r}: give the head node's dashboard URL, e.g. "
                        "http://HEAD:8265")
     token, source = ray_token()
+    if token:
+        try:
+            check_secret_transport(address, "the Ray token")
+        except InsecureSecretError as err:
+            raise JobError(str(err)) from None
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         client = JobSubmissionClient(address, headers=headers)
@@ -114,6 +133,10 @@ def study_tracking_uri(spec: StudySpec) -> str:
     if not uri:
         raise JobError("a submitted study needs an MLflow tracking server that you and the "
                        "cluster both reach: set [tracking] uri in the spec or MLFLOW_TRACKING_URI")
+    if has_embedded_credentials(uri):
+        raise JobError("the MLflow tracking URI carries credentials (user:password@): a job's "
+                       "entrypoint and metadata are readable through the Ray job API; give the "
+                       f"URI without them and put the credentials on the cluster ({HOWTO})")
     return uri
 
 
@@ -128,11 +151,41 @@ def _runtime_env(workdir: Path | None, env: dict[str, str]) -> dict:
 
 
 def _job_env(tracking_uri: str) -> dict[str, str]:
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
-    env.update({k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)})
-    # The service's own settings (DIT_*) follow the study to the cluster.
-    env.update({k: v for k, v in os.environ.items() if k.startswith("DIT_")})
-    return env
+    """What a job's environment carries: where to log, never a credential (see the module
+    docstring); the cluster's own environment provides those."""
+    return {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+
+
+def check_cluster_credentials(client, address: str, tracking_uri: str,
+                              timeout: float = 300.0) -> None:
+    """Run `search.cluster_check` as a job and refuse, naming each node at fault, unless every
+    alive node reaches MLflow at `tracking_uri` with credentials of its own."""
+    from search.cluster_check import parse_result
+
+    submission_id = f"dit-check-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    client.submit_job(entrypoint=f"python -m search.cluster_check {shlex.quote(tracking_uri)}",
+                      submission_id=submission_id,
+                      runtime_env=_runtime_env(None, _job_env(tracking_uri)),
+                      metadata={"dit.check": "credentials", "dit.tracking_uri": tracking_uri})
+    deadline = time.monotonic() + timeout
+    while not (info := client.get_job_info(submission_id)).status.is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(submission_id)
+            raise JobError(f"the Ray cluster at {address} did not run the credentials check "
+                           f"job {submission_id} within {timeout:.0f} s (is it short of CPUs "
+                           "for a job driver?)")
+        time.sleep(1.0)
+    result = parse_result(client.get_job_logs(submission_id))
+    if result is None:
+        raise JobError(f"the credentials check job {submission_id} on {address} ended "
+                       f"{info.status.value} without a result: {_first_line(info.message or '')}")
+    bad = {node: r for node, r in result.items() if r["answer"] != "ok"}
+    if bad:
+        node, r = next(iter(bad.items()))
+        where = r["source"] or "no credentials found"
+        raise JobError(f"{len(bad)} of {len(result)} nodes of the Ray cluster at {address} "
+                       f"cannot use MLflow at {tracking_uri}: node {node[:12]} ({where}): "
+                       f"{r['answer']}; {HOWTO}")
 
 
 def submit_study(spec_path: str | Path, address: str, output_dir: str | None = None) -> Submission:
@@ -153,6 +206,7 @@ def submit_study(spec_path: str | Path, address: str, output_dir: str | None = N
     uri = study_tracking_uri(spec)
     client = job_client(address)
     Tracking(uri).check_access()
+    check_cluster_credentials(client, address, uri)
     submission_id = f"dit-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory(prefix="dit-submit-") as tmp:
         shutil.copyfile(spec_path, Path(tmp) / SPEC_NAME)
@@ -171,10 +225,14 @@ def submit_resume(study: str, tracking_uri: str, address: str) -> Submission:
     """Submit `dit-scaling resume --study NAME` as a job, after the same checks as `submit`."""
     from search.tracking import Tracking
 
+    if has_embedded_credentials(tracking_uri):
+        raise JobError("the MLflow tracking URI carries credentials (user:password@): give it "
+                       f"without them and put the credentials on the cluster ({HOWTO})")
     client = job_client(address)
     tracking = Tracking(tracking_uri)
     tracking.check_access()
     tracking.latest_study_run(study)  # the study must exist before anything runs
+    check_cluster_credentials(client, address, tracking_uri)
     submission_id = f"dit-{study}-resume-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     client.submit_job(entrypoint=f"python -m search.cli resume --study {shlex.quote(study)}",
                       submission_id=submission_id,
@@ -198,7 +256,8 @@ def status_lines(info) -> list[str]:
     meta = info.metadata or {}
     lines = [f"job {info.submission_id}: {info.status.value}"]
     if meta.get("dit.study"):
-        lines.append(f"study: {meta['dit.study']} (MLflow {meta.get('dit.tracking_uri', '?')})")
+        lines.append(f"study: {meta['dit.study']} "
+                     f"(MLflow {masked_uri(meta.get('dit.tracking_uri')) or '?'})")
     if info.start_time:
         end = info.end_time / 1000 if info.end_time else time.time()
         lines.append(f"running time: {end - info.start_time / 1000:.0f} s")

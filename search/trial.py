@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import math
-import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,20 +82,7 @@ def eval_config(ctx: StudyContext) -> EvalConfig | None:
     return EvalConfig(ood_urls=ood, ood_samples=e.ood_samples, fid=fid)
 
 
-INJECT_NAN = "DIT_INJECT_NAN_LOSS"
 UNDELIVERED_FILE = "undelivered_metrics.json"  # in rank 0's checkpoints
-
-
-def injected_nan_step(study: str, trial_key: str) -> int | None:
-    """Fault injection for the fault-matrix tests: `DIT_INJECT_NAN_LOSS="STUDY/TRIAL_KEY@STEP,..."`
-    makes that trial's loss NaN from STEP on (`submit` passes DIT_* variables to the job)."""
-    for item in os.environ.get(INJECT_NAN, "").split(","):
-        target, _, step = item.strip().rpartition("@")
-        if target == f"{study}/{trial_key}" and step.isdigit():
-            return int(step)
-    return None
-
-
 
 
 def parallel_for(params: int, spec: StudySpec) -> str:
@@ -132,7 +118,6 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
         parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
         data_workers=t.data_workers,
-        nan_loss_at_step=injected_nan_step(ctx.study, config.get("trial_key", trial.key)),
         caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,

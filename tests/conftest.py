@@ -29,3 +29,19 @@ def tiny_clip(tmp_path_factory) -> str:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
                        ).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def study_key_home(tmp_path_factory):
+    """The key that signs studies' stored state (`search.trust`), private to this test session:
+    set in the environment, so drivers, Ray nodes and jobs the tests start use the same one."""
+    import os
+
+    home = tmp_path_factory.mktemp("config")
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before

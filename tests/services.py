@@ -2,7 +2,10 @@
 
 - `RayCluster`: a multi-node Ray started with `ray start --head` and `ray start --address`, token
   auth on, dashboard on 127.0.0.1, each node with its own `--temp-dir`, resources and process group
-  (so one node can be killed whole, as a crashed machine would be).
+  (so one node can be killed whole, as a crashed machine would be). As a cluster definition does,
+  it gives its nodes MLflow credentials of their own (`give_credentials`: a 0600
+  `~/.mlflow/credentials` in the nodes' home, outside every Ray folder), so no job carries them;
+  `tests/faults` is on the nodes' PYTHONPATH, for the fault injections a test asks of them.
 - `Postgres`: a PostgreSQL server from Debian's `postgresql` binaries, in a fresh data directory,
   password-protected (scram-sha-256), on 127.0.0.1 only.
 - `MlflowServer`: `mlflow server --workers 1 --app-name basic-auth` on 127.0.0.1 with a PostgreSQL
@@ -103,6 +106,19 @@ class RayCluster:
         self.object_store = object_store_bytes
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_ids: dict[str, str] = {}
+        self.home = Path(tempfile.mkdtemp(prefix="dit-home-"))  # the nodes' HOME
+        self.node_env: dict[str, str] = {"HOME": str(self.home)}
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / ".mlflow" / "credentials"
+
+    def give_credentials(self, creds: dict[str, str]) -> None:
+        """MLflow credentials for every node started from now on, in MLflow's own file."""
+        self.credentials_file.parent.mkdir(mode=0o700, exist_ok=True)
+        self.credentials_file.write_text(
+            "[mlflow]\n" + "".join(f"{k.lower()} = {v}\n" for k, v in creds.items()))
+        self.credentials_file.chmod(0o600)
 
     @property
     def address(self) -> str:
@@ -120,7 +136,8 @@ class RayCluster:
                    RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_USAGE_STATS_ENABLED="0",
                    # a trial starts ~4 processes at once; one-CPU nodes would start them in turn
                    RAY_worker_maximum_startup_concurrency="4",
-                   PYTHONPATH=str(ROOT))
+                   PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'faults'}")
+        env.update(self.node_env)
         env.update(extra)
         return env
 
@@ -192,6 +209,7 @@ class RayCluster:
             if name in self.nodes:
                 stop_group(self.nodes.pop(name), grace=3.0)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from scaling.runs_table import read_runs
 from search.cli import main
 from search.jobs import job_client, wait_for_job
 from search.tracking import TRIAL_KEY, Tracking
-from tests.services import MlflowServer, Postgres, RayCluster, free_port, wait_until
+from tests.faults.nan_loss import NAN_LOSS_ENV
+from tests.services import MlflowServer, Postgres, RayCluster, _http, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +78,8 @@ def services(tmp_path_factory):
                               postgres.create_database("mlflow_auth"), env=postgres.env())
         server.start()
         creds = server.create_user("dit")
+        cluster.give_credentials(creds)
+        cluster.node_env[NAN_LOSS_ENV] = f"faulty/{NAN_TRIAL}@{NAN_STEP}"
         # Head: no CPUs for training, slots for trial actors; two 1-CPU worker nodes.
         cluster.start_head({"trial_slot": 4})
         cluster.add_node("node_a", num_cpus=1)
@@ -208,6 +211,24 @@ def test_bad_inputs_are_refused_before_any_compute(services, tiny_data, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_submit_refuses_a_cluster_without_usable_credentials(services, tiny_data, tmp_path,
+                                                             capsys):
+    """The cluster's nodes must hold MLflow credentials of their own; `submit` checks them with a
+    short job first and says how to provide them."""
+    spec = write_spec(tmp_path / "ok.toml", "nocreds", tmp_path / "out", tiny_data.root,
+                      services.mlflow.url, "[1e10, 2e10]")
+    services.cluster.credentials_file.chmod(0o644)  # readable by every user of the node
+    try:
+        code, out, err = cli(capsys, "submit", str(spec), "--address", services.cluster.address)
+    finally:
+        services.cluster.credentials_file.chmod(0o600)
+    assert code == 2 and not out, (out, err)
+    assert "cannot use MLflow" in err and "chmod 600" in err, err
+    assert "Credentials on the cluster" in err
+    jobs = job_client(services.cluster.address).list_jobs()
+    assert not any((j.metadata or {}).get("dit.study") == "nocreds" for j in jobs)
+
+
 # -------------------------------------------------------------------------------------------------
 # the faulty study
 
@@ -250,11 +271,9 @@ def faulty(services, tiny_data, tmp_path_factory):
     uri = services.mlflow.url
     tracking = Tracking(services.store)
     events: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DIT_INJECT_NAN_LOSS", f"faulty/{NAN_TRIAL}@{NAN_STEP}")
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            assert main(["submit", str(spec), "--address", address]) == 0
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["submit", str(spec), "--address", address]) == 0
     submit_out = buf.getvalue()
     job = submission_id(submit_out)
     storage = out / "ray"
@@ -396,6 +415,23 @@ def test_status_answers_while_the_study_runs(faulty):
     assert faulty.status_mid.startswith("study faulty: running")
     assert f"{faulty.killed_trial}: running at step" in faulty.status_mid
     assert "of 8 planned" in faulty.status_mid and "laws: not yet fitted" in faulty.status_mid
+
+
+def test_the_password_is_in_no_job_record_nor_any_ray_file(faulty, services):
+    """Nothing of the study's MLflow password reaches the job API, a job's metadata or
+    entrypoint, or any file Ray wrote on any node (logs, runtime_env records, session state)."""
+    password = services.creds["MLFLOW_TRACKING_PASSWORD"]
+    cluster = services.cluster
+    status, body = _http(f"{cluster.address}/api/jobs/",
+                         {"Authorization": f"Bearer {cluster.token}"})
+    assert status == 200 and faulty.job_id.encode() in body
+    assert password.encode() not in body
+    for job in job_client(cluster.address).list_jobs():
+        assert password not in json.dumps([job.entrypoint, job.metadata, job.runtime_env])
+    files = [f for f in cluster.root.rglob("*") if f.is_file() and not f.is_symlink()]
+    assert len(files) > 50 and any(f.name == "runtime_env_agent.log" for f in files)
+    leaks = [f for f in files if password.encode() in f.read_bytes()]
+    assert not leaks, leaks
 
 
 def test_jobs_status_and_logs(faulty, services, capsys):

@@ -11,7 +11,8 @@ from scaling.model import DiTConfig, ModelShape
 from scaling.train import TrainConfig, train
 from search.jobs import JobError, job_client, portability_problems, ray_token, study_tracking_uri
 from search.spec import parse_spec
-from search.trial import StorageFullError, injected_nan_step, storage_full
+from search.trial import StorageFullError, storage_full
+from tests.faults import nan_loss
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +25,7 @@ def test_token_comes_from_env_then_file(monkeypatch, tmp_path):
     assert ray_token()[0] is None
     file = tmp_path / "token"
     file.write_text("abc\n")
+    file.chmod(0o600)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(file))
     assert ray_token() == ("abc", f"RAY_AUTH_TOKEN_PATH={file}")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "xyz")
@@ -32,6 +34,42 @@ def test_token_comes_from_env_then_file(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "nope"))
     with pytest.raises(JobError, match="RAY_AUTH_TOKEN_PATH=.*nope: no such token file"):
         ray_token()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])
+def test_a_token_file_others_can_read_or_write_is_refused(monkeypatch, tmp_path, mode):
+    file = tmp_path / "token"
+    file.write_text("abc\n")
+    file.chmod(mode)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(file))
+    with pytest.raises(JobError, match=f"mode {mode:04o}.*chmod 600"):
+        ray_token()
+
+
+def test_the_token_is_never_sent_in_clear_off_this_machine(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
+    with pytest.raises(JobError, match="cross the network in clear"):
+        job_client("http://10.1.2.3:8265")
+    with pytest.raises(JobError, match="cross the network in clear"):
+        job_client("http://head.example.com:8265")
+    with socket.socket() as s:  # loopback (a tunnel) is allowed: here nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(JobError, match="cannot reach a Ray cluster"):
+        job_client(f"http://127.0.0.1:{port}")
+
+
+def test_credentials_in_a_tracking_uri_are_refused_and_masked():
+    from search.credentials import masked_uri
+
+    spec = parse_spec({"name": "s", "budgets": [1e10, 2e10], "output_dir": "/shared/runs",
+                       "tracking": {"uri": "https://dit:s3cret-canary@mlflow.example.com"}})
+    with pytest.raises(JobError, match="carries credentials") as err:
+        study_tracking_uri(spec)
+    assert "s3cret-canary" not in str(err.value)
+    assert masked_uri("https://dit:s3cret-canary@mlflow.example.com:5000/x") == \
+        "https://***@mlflow.example.com:5000/x"
+    assert masked_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
 
 
 def test_a_submitted_spec_must_name_shared_locations():
@@ -70,18 +108,33 @@ def test_storage_full_is_found_anywhere_in_an_error_chain():
     assert not storage_full(OSError(errno.EACCES, "denied"))
 
 
-def test_injected_nan_names_study_trial_and_step(monkeypatch):
-    monkeypatch.setenv("DIT_INJECT_NAN_LOSS", "a/C1e10-d1w24h1@30, b/C2e10-d1w24h1@7")
-    assert injected_nan_step("b", "C2e10-d1w24h1") == 7
-    assert injected_nan_step("a", "C2e10-d1w24h1") is None
+def test_the_nan_fault_targets_one_study_and_trial():
+    assert nan_loss.matches("a/C1e10-d1w24h1", "a-1234abcd-C1e10-d1w24h1")
+    assert not nan_loss.matches("a/C1e10-d1w24h1", "b-1234abcd-C1e10-d1w24h1")
+    assert not nan_loss.matches("a/C1e10-d1w24h1", "a-1234abcd-C2e10-d1w24h1")
+    assert not nan_loss.matches("a/C1e10-d1w24h1", None)
 
 
-def test_a_nan_loss_stops_training_as_diverged(tiny_data):
+def test_no_production_module_reads_a_fault_injection_setting():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("scaling", "search"):
+        for file in (root / package).rglob("*.py"):
+            text = file.read_text()
+            assert "INJECT" not in text and "nan_loss" not in text, file
+
+
+def test_a_nan_loss_stops_training_as_diverged(tiny_data, monkeypatch):
+    import scaling.train
+
+    monkeypatch.setattr(scaling.train, "_train_step", scaling.train._train_step)
+    nan_loss.install(scaling.train, "*", 7)
     model = DiTConfig(ModelShape(1, 16, 1), image_size=tiny_data.image_size,
                       in_channels=tiny_data.channels, text_dim=tiny_data.text_dim,
                       text_len=tiny_data.text_len, patch_size=4)
     cfg = TrainConfig(model=model, steps=50, batch_size=8, train_urls=tuple(
-        tiny_data.urls("train")), report_every=5, val_samples=0, threads=1, nan_loss_at_step=7)
+        tiny_data.urls("train")), report_every=5, val_samples=0, threads=1)
     reports = []
     final = train(cfg, lambda m, c: reports.append(m))
     assert final["diverged"] == 1 and final["step"] == 7
