@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from search.spec import SpecError, load_spec, parse_spec
+from search.spec import SpecError, load_spec, parse_spec, study_name
 
 DEMO = Path(__file__).resolve().parents[1] / "search" / "studies" / "demo.toml"
 
@@ -183,3 +183,59 @@ def test_gpu_training_fields_parse():
                        "resources": {"workers": 8, "fsdp_min_params": 3e8}})
     assert spec.trainer.micro_batch == 64 and spec.trainer.lr_sweep.factors == [0.5, 1, 2]
     assert spec.resources.fsdp_min_params == 3e8 and spec.trainer.lr_rule.lr_exponent == 1.0
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"name": "s", "budgets": [2e11, 1e11]},
+         "budgets [2e11, 1e11] must be given smallest first ([1e11, 2e11])"),
+        ({"name": "s", "budgets": ["1e11", 2e11]},
+         "budgets[0]: '1e11' is not a number of FLOPs (write it without quotes)"),
+        ({"name": "s", "budgets": [1e11, 2e11], "model": {"sizes": ["1e5"]}},
+         "model.sizes[0]: '1e5' is not a number of parameters"),
+        ({"name": "s", "budgets": [1e11, 2e11], "data": {"image_size": 30}},
+         "data.image_size 30 is not divisible by model.patch_size 4"),
+        ({"name": "s", "budgets": [1e11, 2e11], "trainer": {"kind": "simulated"},
+          "model": {"patch_size": 5}}, "data.image_size 32 is not divisible by model.patch_size 5"),
+    ],
+)
+def test_budget_order_number_types_and_patch_shape_are_checked(data, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, "bad.toml")
+    assert expected in str(err.value)
+
+
+def test_every_problem_is_named_on_one_line():
+    with pytest.raises(SpecError) as err:
+        parse_spec({"name": "../x", "budgets": [1e11, -1], "trainer": {"bach_size": 8}}, "b.toml")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("b.toml: invalid study spec: ")
+    assert "name: '../x' is not allowed" in text and "budgets[1]: -1" in text
+    assert "trainer.bach_size: unknown field" in text
+
+
+def test_integer_budgets_are_numbers(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\nbudgets = [100000000000, 2e11]\n')
+    assert load_spec(path).budgets == [1e11, 2e11]
+
+
+def test_binary_and_directory_specs_are_refused(tmp_path):
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(SpecError, match="not a text file"):
+        load_spec(binary)
+    with pytest.raises(SpecError, match="is a directory, not a study spec file"):
+        load_spec(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["demo", "a.b-c_1", "X" * 100])
+def test_study_names_that_are_allowed(name):
+    assert study_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "..", "../x", "a/b", ".hidden", "-x", "x" * 101, "a b"])
+def test_study_names_that_could_leave_their_folder_are_refused(name):
+    with pytest.raises(SpecError, match="is not a study name"):
+        study_name(name)

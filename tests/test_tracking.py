@@ -1,10 +1,14 @@
 """MLflow tracking on a real SQLite store: experiments, nested trial runs, buffered metrics."""
 
 import socket
+import sqlite3
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 
+from search.store import check_store, sqlite_path, uri_scheme
 from search.tracking import (
     KIND,
     PARENT,
@@ -95,3 +99,56 @@ def test_sink_buffers_and_warns_when_the_server_is_unreachable(monkeypatch):
     messages = [str(w.message) for w in caught]
     assert any(uri in m and "buffered" in m for m in messages)
     assert any("1 metrics" in m and "not delivered" in m for m in messages)
+
+
+def test_trial_count_tells_a_real_study_from_a_fit(tracking):
+    study = tracking.start_study_run("with-trials", {})
+    tracking.trial_run("with-trials", study, "k", {}, 1e11)
+    tracking.start_study_run("fit-only", {})
+    assert tracking.trial_count("with-trials") == 1
+    assert tracking.trial_count("fit-only") == 0 and tracking.trial_count("absent") == 0
+
+
+def test_store_checks_need_no_mlflow_call(tmp_path):
+    """A missing file is refused for reading and accepted for writing (created later), and
+    nothing is created by the check itself."""
+    missing = f"sqlite:///{tmp_path / 'a' / 'b' / 'mlflow.db'}"
+    with pytest.raises(TrackingError, match="no such file"):
+        check_store(missing)
+    with pytest.raises(TrackingError, match="no such file"):
+        check_store(missing, write=True, create=False)
+    check_store(missing, write=True)
+    assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(TrackingError, match="is empty"):
+        check_store(f"sqlite:///{empty}")
+    check_store(f"sqlite:///{empty}", write=True)  # MLflow makes an empty file a store
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrackingError, match="is a file, so"):
+        check_store(f"sqlite:///{blocker / 'mlflow.db'}", write=True)
+    check_store("sqlite://")  # in memory
+    check_store("postgresql+psycopg2://u@127.0.0.1/db")  # MLflow's to check
+
+
+def test_a_store_passed_as_a_plain_path_is_refused_with_its_sqlite_uri(tmp_path):
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table t (x)")
+    with pytest.raises(TrackingError, match=f"give it as sqlite:///{db}"):
+        check_store(str(db))
+    assert uri_scheme("postgresql+psycopg2://h/db") == "postgresql"
+    assert uri_scheme("/abs/path") == "" and uri_scheme("file:///x") == "file"
+    assert sqlite_path("sqlite:////abs/m.db?mode=ro") == Path("/abs/m.db")
+    assert sqlite_path("sqlite:///rel.db") == Path("rel.db")
+
+
+def test_a_closed_port_fails_the_access_check_at_once():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match="is unreachable: Connection refused"):
+        Tracking(f"http://127.0.0.1:{port}").check_access()
+    assert time.monotonic() - started < 15
