@@ -17,9 +17,10 @@ from search.cli import main
 DRAWS = "100"
 
 # The documented schema (scaling/laws/result.py), key by key.
-TOP = {"approach2", "approach3", "agreement", "convention", "flops_per_multiply_add", "schema",
-       "source", "compute_range", "warnings", "options", "draws"}
-APPROACH2 = {"n_opt", "d_opt", "loss", "fid", "loss_saturating", "budgets"}
+TOP = {"approach2", "approach3", "approach3_huber", "agreement", "convention",
+       "flops_per_multiply_add", "schema", "source", "compute_range", "warnings", "options",
+       "draws"}
+APPROACH2 = {"n_opt", "d_opt", "loss", "fid", "loss_saturating", "budgets", "weighted"}
 LAW = {"coefficient", "exponent", "exponent_ci", "coefficient_ci", "budgets", "scatter"}
 BUDGET = {"compute", "n_opt", "n_opt_ci", "d_opt", "loss_opt", "points", "centred", "status",
           "log10_n_opt_ci", "d_opt_ci", "loss_opt_ci", "fid_opt", "fid_opt_ci", "edge_fraction",
@@ -80,6 +81,12 @@ def test_fit_json_has_exactly_the_documented_schema(files, capsys, kind):
     truth = SURFACES["chinchilla"].exponents().a
     lo, hi = data["approach3"]["ci"]["a"]
     assert lo < truth < hi
+    assert set(data["approach3_huber"]) == APPROACH3 - {"ci"}
+    assert set(data["approach2"]["weighted"]) == {"n_opt", "d_opt"}
+    for name in ("a", "b"):
+        agree = data["agreement"][name]
+        assert set(agree) == {"approach2", "approach3", "difference", "consistent"}
+        assert agree["consistent"] == (agree["difference"][1] <= 0 <= agree["difference"][2])
     assert data["options"]["draws"] == 100 and data["options"]["seed_noise"] == 0.005
     assert len(data["draws"]["n_opt"]) == 100
 

@@ -38,10 +38,10 @@ def test_different_designs_are_told_apart():
     assert model.ci[0] > 0
     assert model.verdict.startswith("asymmetric's model exponent is larger:")
     assert rows["d_opt"].verdict.startswith("asymmetric's data exponent is smaller:")
-    # Asymmetric's loss falls faster over these budgets, by less than the studies can resolve.
+    # Asymmetric's loss falls faster over these budgets, by 0.0007 (the surfaces' true slopes
+    # -0.0877 and -0.0870): the interval holds that difference.
     assert rows["loss"].difference < 0
-    assert rows["loss"].ci[0] < 0 < rows["loss"].ci[1]
-    assert "not distinguishable" in rows["loss"].verdict
+    assert rows["loss"].ci[0] < -0.0007 < rows["loss"].ci[1]
     assert "fid" not in rows
 
 
@@ -89,8 +89,9 @@ def test_a_law_without_intervals_gives_no_verdict():
     runs = read_runs(Path(__file__).parent / "data" / "runs_2x3.csv")
     unknown = fit_laws(runs, FitOptions(draws=100, approach3=False, seed_noise=0))
     rows = {r.law: r for r in compare(fit("chinchilla", 7), unknown).rows}
-    assert rows["loss"].ci is None and "cannot tell" in rows["loss"].verdict
-    assert rows["n_opt"].ci is not None
+    # Three sizes per budget and no assumed noise: nothing estimates the uncertainty.
+    for law in ("loss", "n_opt"):
+        assert rows[law].ci is None and "cannot tell" in rows[law].verdict
 
 
 def test_a_study_against_itself_is_not_distinguishable_with_a_real_interval():

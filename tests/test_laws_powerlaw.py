@@ -43,7 +43,7 @@ def test_uncertain_budget_gets_less_weight():
     log_y[-1] += 0.3  # an outlier...
     sd = np.full(6, 0.01)
     sd[-1] = 0.3  # ...that its own draws say is uncertain
-    weighted = fit_power_law(C, log_y, draws_around(log_y, sd))
+    weighted = fit_power_law(C, log_y, draws_around(log_y, sd), weighted=True)
     naive = np.polyfit(np.log10(C), log_y, 1)[0]
     assert abs(weighted.exponent - 0.5) < 0.2 * abs(naive - 0.5)
 

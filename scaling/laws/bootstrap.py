@@ -1,4 +1,7 @@
-"""Bootstrap draws shared by every fit: points resampled within each budget, optional loss noise.
+"""Bootstrap draws: points resampled within each budget (`resample`, the allocator's quick fits)
+and the shared random numbers of the parametric bootstrap that `fit_laws` reports (`NoiseDraws`).
+
+`resample`:
 
 One draw is a vector of counts (how often each run appears) and a vector of losses (the observed
 ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add seed noise;
@@ -8,7 +11,7 @@ Approach 2 and Approach 3 see the same draws, so their intervals come from the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,3 +83,51 @@ def spreads(draws: np.ndarray, centre: float | np.ndarray = 0.0, axis: int = 0) 
     width, so callers report no interval instead."""
     scale = 1e-9 * np.maximum(np.abs(np.asarray(centre, dtype=float)), 1.0)
     return np.nanmax(draws, axis=axis) - np.nanmin(draws, axis=axis) > scale
+
+
+CHUNK_CELLS = 4_000_000  # draws x runs held at once by `NoiseDraws.chunks` (32 MB of float64)
+
+
+@dataclass(frozen=True)
+class NoiseDraws:
+    """Shared random numbers of the parametric bootstrap (`fit_laws`), generated in chunks.
+
+    Draw k perturbs run i's loss by exp(sigma * scale(k, dof) * z[k, i]): z standard normal, and
+    scale(k, dof) = sqrt(dof / chi2_dof) with chi2_dof the `quantiles[k]` quantile of a
+    chi-square with `dof` degrees of freedom. Scaling each draw by an estimated sigma's own
+    sampling spread makes the draws Student-t: with few residual degrees of freedom, a Gaussian
+    with the estimated sigma would cover too little. The same z and quantile serve every
+    approach, so the difference of two estimates over the same draws is a paired difference.
+    Memory: one chunk of at most CHUNK_CELLS draws x runs at a time, never draws x runs.
+    """
+
+    draws: int
+    runs: int
+    seed: int
+
+    @property
+    def chunk(self) -> int:
+        """Draws per chunk."""
+        return max(1, min(self.draws, CHUNK_CELLS // max(self.runs, 1)))
+
+    @property
+    def quantiles(self) -> np.ndarray:
+        """[draws] uniform quantiles of the per-draw noise scale."""
+        return np.random.default_rng([self.seed, 0]).uniform(size=self.draws)
+
+    def scale(self, dof: float) -> np.ndarray:
+        """[draws] noise scale factors for a sigma estimated with `dof` degrees of freedom
+        (inf: sigma known, every factor 1)."""
+        if not np.isfinite(dof):
+            return np.ones(self.draws)
+        from scipy.stats import chi2
+
+        q = np.clip(self.quantiles, 1e-9, 1 - 1e-9)
+        return np.sqrt(dof / chi2.ppf(q, dof))
+
+    def chunks(self) -> Iterator[tuple[slice, np.ndarray]]:
+        """(draw slice, z [chunk, runs]) for consecutive chunks; the same every call."""
+        for i, start in enumerate(range(0, self.draws, self.chunk)):
+            stop = min(start + self.chunk, self.draws)
+            rng = np.random.default_rng([self.seed, 1, i])
+            yield slice(start, stop), rng.standard_normal((stop - start, self.runs))

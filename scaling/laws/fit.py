@@ -1,27 +1,58 @@
-"""`fit_laws`: runs of an isoFLOP study -> `LawFit` (Approach 2 laws, Approach 3 cross-check).
+"""`fit_laws`: runs of an isoFLOP study -> `LawFit` (Approach 2 laws, Approach 3 beside them).
 
-Steps: group runs by budget (`runs_table.group_by_budget`), draw the shared bootstrap resamples,
-fit each budget's parabola (`isoflop.fit_budget`), keep the budgets with a real optimum, fit the
-power laws through their optima (`powerlaw.fit_power_law`), optionally the saturating loss, then
-the parametric surface on every run (`parametric.fit_parametric`) and compare the exponents.
+Steps: drop exact duplicate runs (with a warning), group runs by budget
+(`runs_table.group_by_budget`), fit each budget's parabola in log10 N and the Approach 3 surface
+L(N, D) by variable projection (`varpro`) and by Huber (`parametric`), draw the parametric
+bootstrap, keep the budgets with a real optimum, fit the power laws through their vertices by
+ordinary least squares (`powerlaw.fit_power_law`; the weighted variant beside it) and decide the
+Approach 2 / 3 verdict on the paired difference of their exponents over the same draws.
+
+Intervals: a parametric bootstrap with estimated noise. Draw k replaces every loss by its fitted
+value times exp(sigma * s_k * z[k, i]): for Approach 2 the fitted value is its budget's parabola
+and sigma the relative residual sd pooled over all parabolas (sum of n - 3 degrees of freedom);
+for Approach 3 it is the fitted surface and sigma that fit's residual sd (n - 5 dof). s_k scales
+each draw by the estimated sigma's own chi-square spread (`bootstrap.NoiseDraws`), so that with
+few residual degrees of freedom the draws are Student-t rather than too narrow. Both approaches
+use the same z, so their difference over draws k is a paired difference.
+
+Why this method, measured with `benchmarks/calibration.py` (truth known, error across seeded
+repetitions; ratio = median half-width / (1.96 RMSE)):
+- Resampling runs within a budget (the pairs bootstrap used before) cannot spread a budget of 3
+  to 5 sizes (its draws repeat the same few runs, or leave out the points that fix the vertex),
+  which is why a floor at a third of the grid's own spacing was needed; that floor depends on the
+  design, not the data, and made wide grids report 5 to 24 times the real error. The parametric
+  draws need no floor: their spread comes from the measured residuals, and a budget with 3 sizes
+  borrows the noise the other budgets' parabolas measure.
+- Residuals, not an assumed seed noise: the noise level differs between studies by 4x and more
+  (0.5% to 2% in the calibration), and a parabola's misfit over a wide window shows up in its
+  residuals, so Approach 2's intervals widen where its vertices are biased (a warning compares
+  them with Approach 3's residuals, `_misfit`).
+- Profile likelihood would serve one parameter at a time; the laws, the extrapolated N_opt and the
+  A2 / A3 difference all need joint draws, which the bootstrap gives at the cost of one matrix
+  product per chunk of draws (memory: a chunk of draws x runs at a time, never all of them).
+The calibration table is in benchmarks/calibration.py's output (its docstring gives the command).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import stats
 
-from scaling.laws.bootstrap import resample
-from scaling.laws.isoflop import BudgetDraws, BudgetFit, fit_budget, residual_ss
-from scaling.laws.parametric import fit_parametric
+from scaling.laws.bootstrap import NoiseDraws, interval
+from scaling.laws.isoflop import BudgetDraws, BudgetFit, fit_budget_draws, vandermonde
+from scaling.laws.parametric import ParametricFit, _Problem, fit_parametric, summarise
 from scaling.laws.powerlaw import PowerLaw, fit_power_law, fit_saturating, weights_from_sd
 from scaling.laws.result import FEW_SIZES, FitOptions, LawFit
+from scaling.laws.varpro import DrawRefitter, fit_point
 from scaling.runs_table import RunPoint, group_by_budget
 
 SCATTER_NOTE = 1.5  # widening of a law's interval worth a warning
 BIAS_NOTE = "wide or off-centre isoFLOP grids bias Approach 2 (arXiv 2603.22339)"
+WIDE_DECADES = 2.0  # an isoFLOP grid wider than this in log10 N biases its parabola noticeably
 
 
 class LawFitError(ValueError):
@@ -31,6 +62,7 @@ class LawFitError(ValueError):
 def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> LawFit:
     """Fit the compute-optimal laws of a study from its runs (see the module docstring)."""
     options = options or FitOptions()
+    points, warnings = deduplicate(points)
     groups = group_by_budget(points)
     budgets = list(groups)
     runs = [p for b in budgets for p in groups[b]]
@@ -41,18 +73,55 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
     bounds = np.cumsum([0] + [len(groups[b]) for b in budgets])
     members = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(budgets))]
 
-    rng = np.random.default_rng(options.seed)
-    sigma, warnings = _noise(budgets, members, params, losses, options)
-    draws = resample(members, params, losses, options.draws, rng, sigma)
+    parabolas = [_Parabola.of(params[m], losses[m]) for m in members]
+    sigma2, dof2, notes = _noise(budgets, members, params, losses, parabolas, options)
+    warnings += notes
+    fid_coef = _fid_draws(members, params, fids, options)
+
+    approach3 = huber = None
+    refit = None
+    if options.approach3:
+        if params.size < 5:
+            warnings.append(f"Approach 3 needs at least 5 runs, got {params.size}; not fitted")
+        else:
+            problem = _Problem(params, tokens)
+            theta, sse = fit_point(problem, losses)
+            dof3 = params.size - 5
+            sigma3 = options.noise_sigma or (math.sqrt(sse / dof3) if dof3 else options.seed_noise)
+            dof3 = math.inf if options.noise_sigma or not dof3 else dof3
+            refit = (problem, theta, sigma3, dof3, DrawRefitter(problem, theta))
+            # From the least-squares optimum and the best grid point: the Huber optimum lies near
+            # the first, and six grid starts cost more than the whole bootstrap.
+            huber = fit_parametric(params, tokens, losses,
+                                   starts=np.stack([theta, problem.grid_starts(losses, 1)[0]]))
+
+    noise = NoiseDraws(options.draws, params.size, options.seed)
+    scale2 = sigma2 * noise.scale(dof2)
+    coef = [np.empty((options.draws, 3)) for _ in members]
+    thetas = np.empty((options.draws, 5)) if refit else None
+    if refit:
+        scale3 = refit[2] * noise.scale(refit[3])
+    for where, z in noise.chunks():
+        for m, parabola, out in zip(members, parabolas, coef, strict=True):
+            out[where] = parabola.draws(z[:, m] * scale2[where, None])
+        if refit:
+            z *= scale3[where, None]
+            thetas[where] = refit[4](z)
+
     fits: list[BudgetFit] = []
     kept: list[tuple[BudgetFit, BudgetDraws]] = []
-    for budget, m in zip(budgets, members, strict=True):
-        fit, bd = fit_budget(budget, params[m], tokens[m], losses[m], fids[m], draws.counts[:, m],
-                             draws.losses[:, m], rng, options.floor_spacing)
+    for i, (budget, m) in enumerate(zip(budgets, members, strict=True)):
+        fit, bd = fit_budget_draws(budget, params[m], tokens[m], losses[m], fids[m], coef[i],
+                                   fid_coef[i])
         fits.append(fit)
         if bd is not None:
             kept.append((fit, bd))
     warnings = [f.message for f in fits if f.message] + warnings
+    if refit:
+        approach3 = summarise(refit[0], refit[1], thetas, int(params.size))
+        warnings.extend(_misfit(sigma2, dof2, refit[2], refit[3]))
+        warnings.extend(f"Approach 3: {note}" for note in approach3.notes)
+        warnings.extend(f"Approach 3 (Huber): {note}" for note in huber.notes)
     if len(kept) < 2:
         if len(budgets) < 2:
             raise LawFitError(f"the runs hold 1 budget ({budgets[0]:.3g} FLOPs); a law needs at "
@@ -64,12 +133,16 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
 
     compute = np.array([f.compute for f, _ in kept])
 
-    def law(value: str, log_draws: str) -> PowerLaw:
+    def law(value: str, log_draws: str, weighted: bool = False) -> PowerLaw:
         y = np.log10([getattr(f, value) for f, _ in kept])
-        return fit_power_law(compute, y, np.stack([getattr(d, log_draws) for _, d in kept], 1))
+        return fit_power_law(compute, y, np.stack([getattr(d, log_draws) for _, d in kept], 1),
+                             weighted)
 
-    n_law, d_law, loss_law = law("n_opt", "log_n"), law("d_opt", "log_d"), law("loss_opt",
-                                                                              "log_loss")
+    n_law, d_law = law("n_opt", "log_n"), law("d_opt", "log_d")
+    # The loss exponent is the slope of the line through these budgets, curved or not: its
+    # interval is that slope's, not widened for the curvature an irreducible loss gives.
+    loss_law = fit_power_law(compute, np.log10([f.loss_opt for f, _ in kept]),
+                             np.stack([d.log_loss for _, d in kept], 1), widen=False)
     if len(kept) == 2:
         warnings.append("the laws rest on 2 budgets: a line through 2 points cannot check its "
                         "own form, so their intervals come from the two optima's intervals alone")
@@ -90,7 +163,7 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
         else:
             loss_draws = 10 ** np.stack([d.log_loss for _, d in kept], 1)
             saturating = fit_saturating(compute, np.array([f.loss_opt for f, _ in kept]),
-                                        loss_draws, weights_from_sd(loss_draws.std(0)))
+                                        loss_draws, weights_from_sd(np.nanstd(loss_draws, 0)))
             if not np.isfinite(saturating.alpha):
                 warnings.append("no saturating loss L = E + A C^-alpha with E >= 0 and A > 0 fits "
                                 "the optima; not reported")
@@ -100,68 +173,203 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
                                 "bound (E at 0, alpha at an end of [0.001, 2]); no interval for "
                                 "it, do not trust this form")
 
-    approach3 = None
-    if options.approach3:
-        if params.size < 5:
-            warnings.append(f"Approach 3 needs at least 5 runs, got {params.size}; not fitted")
-        else:
-            approach3 = fit_parametric(params, tokens, losses, draws.counts, draws.losses)
-            warnings.extend(f"Approach 3: {note}" for note in approach3.notes)
-
     for name, x in (("N_opt", n_law), ("D_opt", d_law), ("loss", loss_law), ("FID", fid_law)):
         if x is not None and x.exponent_ci is None:
             warnings.append(f"the {name} law's interval cannot be estimated: some of its budgets' "
                             "bootstrap draws do not vary (see above)")
-        elif x is not None and x.scatter > SCATTER_NOTE:
+        elif x is not None and x.excess > SCATTER_NOTE:
             cause = (f"{BIAS_NOTE}; compare Approach 3" if name in ("N_opt", "D_opt") else
                      "the optima may not follow a pure power law: an irreducible loss bends it; "
                      "see the saturating form (FitOptions.saturating)")
-            warnings.append(f"the {name} optima scatter {x.scatter:.2g}x more about their line "
-                            "than their own intervals allow; the law's interval is widened by "
-                            f"that factor ({cause})")
+            widened = (f"the law's interval is widened by {x.scatter:.2g}x" if x.scatter > 1 else
+                       "the law's interval is not widened (" + (
+                           "the interval is of the line through these budgets" if name == "loss"
+                           else "not significant at the 95% level") + ")")
+            warnings.append(f"the {name} optima scatter {x.excess:.2g}x more about their line "
+                            f"than their own intervals allow; {widened} ({cause})")
     result = LawFit(
         n_opt=n_law, d_opt=d_law, loss=loss_law, fid=fid_law,
         compute_range=(float(compute.min()), float(compute.max())),
         budgets=tuple(fits), approach3=approach3, loss_saturating=saturating,
         convention=options.convention, warnings=tuple(warnings), options=options,
+        approach3_huber=huber,
+        weighted={"n_opt": law("n_opt", "log_n", True), "d_opt": law("d_opt", "log_d", True)},
     )
+    if approach3 is not None:
+        result = replace(result, paired=paired_differences(n_law, d_law, approach3))
     return replace(result, warnings=tuple(warnings + disagreements(result)))
 
 
 def disagreements(fit: LawFit) -> list[str]:
-    """A warning for each exponent on which Approaches 2 and 3 disagree beyond their intervals."""
+    """A warning for each exponent on which Approaches 2 and 3 disagree: the 95% interval of their
+    paired difference over the same bootstrap draws excludes 0. Names the gap and likely causes."""
     out = []
     agree = fit.agreement() or {}
     for name, what in (("a", "N_opt"), ("b", "D_opt")):
         if name in agree and not agree[name]["consistent"]:
             v2, v3 = agree[name]["approach2"], agree[name]["approach3"]
+            d = agree[name]["difference"]
             out.append(
-                f"Approaches 2 and 3 disagree on the {what} exponent {name}: {v2[0]:.4f} "
-                f"[{v2[1]:.4f}, {v2[2]:.4f}] vs {v3[0]:.4f} [{v3[1]:.4f}, {v3[2]:.4f}]; {BIAS_NOTE}"
-            )
+                f"Approaches 2 and 3 disagree on the {what} exponent {name}: {v2[0]:.4f} vs "
+                f"{v3[0]:.4f}, Approach 2 - Approach 3 = {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] "
+                f"over the same bootstrap draws; likely cause: {likely_cause(fit)}")
     return out
+
+
+def likely_cause(fit: LawFit) -> str:
+    """The plausible reasons for an Approach 2 / 3 gap that the fit itself shows."""
+    causes = []
+    off = [b for b in fit.budgets if not b.refused and not b.centred]
+    wide = [b for b in fit.budgets if not b.refused
+            and math.log10(max(b.params) / min(b.params)) > WIDE_DECADES]
+    if off:
+        causes.append(f"{len(off)} off-centre isoFLOP grid(s)")
+    if wide:
+        causes.append(f"{len(wide)} grid(s) wider than {WIDE_DECADES:g} decades of N")
+    if off or wide:
+        causes[-1] += f": parabola window bias ({BIAS_NOTE})"
+    if fit.n_opt.scatter > SCATTER_NOTE:
+        causes.append(f"the optima scatter {fit.n_opt.scatter:.2g}x beyond their intervals")
+    if fit.approach3 is not None and fit.approach3.at_bound:
+        causes.append(f"Approach 3 has {', '.join(fit.approach3.at_bound)} on a bound")
+    return "; ".join(causes) or (f"the loss may not follow E + A/N^alpha + B/D^beta, or the "
+                                 f"parabolas are biased even on centred grids ({BIAS_NOTE})")
+
+
+def _misfit(sigma2: float, dof2: float, sigma3: float, dof3: float) -> list[str]:
+    """A warning when the parabolas leave significantly larger residuals than the surface L(N, D)
+    (F test at 99%): the isoFLOP curves are not parabolas over the sampled window, whose misfit
+    Approach 2's intervals then carry as noise."""
+    if not (math.isfinite(dof2) and math.isfinite(dof3) and sigma3 > 0 and dof2 and dof3):
+        return []
+    if sigma2**2 / sigma3**2 <= stats.f.ppf(0.99, dof2, dof3):
+        return []
+    return [f"the isoFLOP parabolas leave residuals of {sigma2:.2%} relative sd where Approach 3's "
+            f"surface leaves {sigma3:.2%}: over these windows the curves are not parabolas, so "
+            f"Approach 2's vertices are biased and its intervals wide ({BIAS_NOTE}); narrow the "
+            "grids or trust Approach 3"]
+
+
+def paired_differences(n_law: PowerLaw, d_law: PowerLaw,
+                       approach3: ParametricFit) -> dict[str, tuple[float, float, float]] | None:
+    """(Approach 2 - Approach 3, lo, hi) for a and b over the same bootstrap draws (draw k of
+    both used the same random numbers), or None without draws."""
+    if approach3.draws is None or n_law.draws is None or d_law.draws is None:
+        return None
+    alpha, beta = approach3.draws[:, 3], approach3.draws[:, 4]
+    out = {}
+    for name, law, three, point in (("a", n_law, beta / (alpha + beta), approach3.a),
+                                    ("b", d_law, alpha / (alpha + beta), approach3.b)):
+        diff = law.draws[:, 1] - three
+        lo, hi = interval(diff)
+        out[name] = (float(law.exponent - point), float(lo), float(hi))
+    return out
+
+
+def deduplicate(points: Sequence[RunPoint]) -> tuple[list[RunPoint], list[str]]:
+    """The runs with exact repeats (same budget, size and loss) kept once, and a warning naming
+    them: a copied row is not a second seed, and counting it twice would narrow the intervals."""
+    seen: dict[tuple[float, float, float], int] = {}
+    kept, repeats = [], []
+    for i, p in enumerate(points):
+        key = (p.group, p.params, p.loss)
+        if key in seen:
+            repeats.append((i, seen[key]))
+        else:
+            seen[key] = i
+            kept.append(p)
+    if not repeats:
+        return list(points), []
+    shown = ", ".join(f"{i + 1} (= {j + 1})" for i, j in repeats[:10])
+    more = f" and {len(repeats) - 10} more" if len(repeats) > 10 else ""
+    return kept, [f"{len(repeats)} run(s) repeat another run's budget, size and loss exactly and "
+                  f"are counted once: runs {shown}{more} (counted from 1 in input order)"]
+
+
+@dataclass(frozen=True)
+class _Parabola:
+    """One budget's least-squares parabola in centred log10 N: the projection `pinv` [3, n]
+    (coefficients = pinv @ losses) and the fitted losses [n]."""
+
+    pinv: np.ndarray
+    fitted: np.ndarray
+
+    @classmethod
+    def of(cls, params: np.ndarray, losses: np.ndarray) -> _Parabola:
+        _, v = vandermonde(params)
+        pinv = np.linalg.pinv(v)
+        return cls(pinv, v @ (pinv @ losses))
+
+    @property
+    def dof(self) -> int:
+        return max(self.fitted.size - 3, 0)
+
+    def residual_ss(self, losses: np.ndarray) -> float:
+        """Sum of squared relative (log) residuals."""
+        return float((np.log(losses / np.maximum(self.fitted, 1e-300)) ** 2).sum())
+
+    def draws(self, noise: np.ndarray) -> np.ndarray:
+        """[k, 3] coefficients refitted on fitted * exp(noise), noise [k, n]."""
+        return (self.fitted * np.exp(noise)) @ self.pinv.T
 
 
 def _noise(
     budgets: Sequence[float], members: Sequence[np.ndarray], params: np.ndarray,
-    losses: np.ndarray, options: FitOptions,
-) -> tuple[np.ndarray, list[str]]:
-    """Relative noise sd per run for the bootstrap: `noise_sigma` everywhere, and on budgets with
-    fewer than FEW_SIZES distinct sizes at least max(seed_noise, pooled parabola residual sd)."""
-    sigma = np.full(params.size, options.noise_sigma)
+    losses: np.ndarray, parabolas: Sequence[_Parabola], options: FitOptions,
+) -> tuple[float, float, list[str]]:
+    """(relative loss sd, its degrees of freedom, notes) for Approach 2's parametric bootstrap.
+
+    `noise_sigma` when given (known: infinite dof); else the relative residual sd pooled over the
+    budgets' parabolas, with sum(n - 3) dof; with no residual dof at all, `seed_noise` (assumed).
+    """
+    if options.noise_sigma > 0:
+        return options.noise_sigma, math.inf, []
+    ss = sum(p.residual_ss(losses[m]) for m, p in zip(members, parabolas, strict=True))
+    dof = sum(p.dof for p in parabolas)
     few = [i for i, m in enumerate(members) if np.unique(params[m]).size < FEW_SIZES]
-    if not few or options.seed_noise == 0:
-        return sigma, []
-    ss, dof = (sum(v) for v in zip(*(residual_ss(params[m], losses[m]) for m in members),
-                                   strict=True))
-    pooled = float(np.sqrt(ss / dof)) if dof else 0.0
-    added = max(options.seed_noise, pooled)
-    for i in few:
-        sigma[members[i]] = np.maximum(sigma[members[i]], added)
     where = ", ".join(f"{budgets[i]:.3g}" for i in few)
-    residual = (f"the parabolas of budgets with more runs leave {pooled:.2%}" if dof
-                else "no budget has more than 3 runs to estimate it from")
-    return sigma, [f"budget(s) {where} FLOPs have fewer than {FEW_SIZES} sizes: resampling their "
-                   "runs cannot estimate the optimum's uncertainty, so their bootstrap draws add "
-                   f"loss noise of relative sd {added:.2%} (seed_noise {options.seed_noise:g}; "
-                   f"{residual})"]
+    if dof:
+        sigma = math.sqrt(ss / dof)
+        notes = [] if not few else [
+            f"budget(s) {where} FLOPs have fewer than {FEW_SIZES} sizes: their optimum's "
+            f"uncertainty rests on the loss noise the parabolas leave, {sigma:.2%} relative sd "
+            f"pooled over all budgets ({dof} degrees of freedom)"]
+        return sigma, dof, notes
+    if options.seed_noise == 0:
+        return 0.0, math.inf, []
+    return options.seed_noise, math.inf, [
+        f"no budget has more than 3 runs, so the loss noise cannot be estimated from the "
+        f"parabolas' residuals: the bootstrap assumes a relative sd of {options.seed_noise:.2%} "
+        "(FitOptions.seed_noise)"]
+
+
+def _fid_draws(members: Sequence[np.ndarray], params: np.ndarray, fids: np.ndarray,
+               options: FitOptions) -> list[np.ndarray | None]:
+    """Per budget, [draws, 3] coefficient draws of the parabola of log10 FID in centred log10 N,
+    from its residual sd pooled over budgets (Gaussian, exact for a linear fit); None for a
+    budget with FID at fewer than 3 sizes."""
+    usable, ss, dof = [], 0.0, 0
+    for m in members:
+        has = ~np.isnan(fids[m])
+        if np.unique(params[m][has]).size < 3:
+            usable.append(None)
+            continue
+        xc = np.log10(params[m]) - np.log10(params[m]).mean()
+        v = np.stack([np.ones(has.sum()), xc[has], xc[has] ** 2], 1)
+        y = np.log10(fids[m][has])
+        coef, *_ = np.linalg.lstsq(v, y, rcond=None)
+        ss += float(((y - v @ coef) ** 2).sum())
+        dof += max(int(has.sum()) - 3, 0)
+        usable.append((v, coef))
+    sigma = math.sqrt(ss / dof) if dof else 0.0
+    rng = np.random.default_rng([options.seed, 2])
+    out: list[np.ndarray | None] = []
+    for item in usable:
+        if item is None:
+            out.append(None)
+            continue
+        v, coef = item
+        cov = sigma**2 * np.linalg.pinv(v.T @ v)
+        out.append(coef + rng.multivariate_normal(np.zeros(3), cov, options.draws,
+                                                  method="eigh"))
+    return out

@@ -7,13 +7,11 @@ the vertex x* = -c1 / (2 c2) is the optimum. Rules a researcher can rely on:
   the boundary is not an optimum. The budget is reported with the sizes to add.
 - "Centred" means the vertex lies in the middle third of the sampled log-N range. Off-centre and
   wide grids bias the vertex even without noise (arXiv 2603.22339), so those budgets are flagged.
-- Intervals come from the shared bootstrap (`bootstrap.resample`): each draw refits the parabola
-  on its resampled points; a draw whose minimum falls outside the range takes the range's edge
-  (the share of such draws is reported). Draws are widened about the estimate by sqrt(n / (n - 3)),
-  the HC1 small-sample factor: resampling n points for 3 coefficients spreads too little (on 9-point
-  budgets the 95% interval covered the truth about 90% of the time before, 93% after). The spread
-  of log10 N_opt never goes below `floor_spacing` x the grid's log10 spacing (Porian et al. 2024
-  use 0.33): draws narrower than that get Gaussian jitter to reach it.
+- Intervals come from bootstrap draws of the parabola's coefficients (`fit_budget_draws`):
+  `fit_laws` gives parametric draws (see `fit.py`), the allocator's quick refits resampled runs
+  (`fit_budget`, widened by the HC1 factor sqrt(n / (n - 3))). Each draw's minimum is its
+  vertex; a draw whose minimum falls outside the range takes the range's edge (the share of such
+  draws is reported). No floor tied to the grid's spacing by default (`floor_spacing` 0).
 - Draws that do not vary at all say nothing about uncertainty: a budget of exactly three sizes
   resampled without seed noise gives the same three runs in every draw. Such an interval is
   reported as None with a message, never as a zero-width one. (`fit_laws` avoids the case by
@@ -114,6 +112,13 @@ def _suggest(x: np.ndarray, losses: np.ndarray, vertex: float | None) -> tuple[f
     return tuple(float(f"{10 ** (edge + sign * spacing * k):.2g}") for k in range(1, steps + 1))
 
 
+def vandermonde(params: np.ndarray) -> tuple[float, np.ndarray]:
+    """(mean of x = log10 N, the [n, 3] matrix [1, x - mean, (x - mean)^2]) of one budget's runs."""
+    x = np.log10(params)
+    xc = x - x.mean()
+    return float(x.mean()), np.stack([np.ones_like(xc), xc, xc * xc], 1)
+
+
 def fit_budget(
     compute: float,
     params: np.ndarray,
@@ -123,12 +128,45 @@ def fit_budget(
     counts: np.ndarray,
     noisy: np.ndarray,
     rng: np.random.Generator,
-    floor_spacing: float = 0.33,
+    floor_spacing: float = 0.0,
 ) -> tuple[BudgetFit, BudgetDraws | None]:
-    """Fit one budget's parabola and its bootstrap draws.
+    """Fit one budget's parabola with a resampling (pairs) bootstrap, for quick refits.
 
     params, tokens, losses, fids: [n] arrays for its runs (fids NaN where not measured);
-    counts, noisy: [draws, n] from `bootstrap.resample`. Returns no draws when refused.
+    counts, noisy: [draws, n] from `bootstrap.resample`. Pairs resampling spreads a least-squares
+    estimate like the HC0 sandwich, too narrow by n / (n - 3) in variance for 3 coefficients, so
+    the draws are widened as HC1 does. `floor_spacing` > 0 floors the sd of log10 N_opt at that
+    fraction of the grid's log10 spacing (Porian et al. 2024's 0.33); 0, the default, does not:
+    such a floor depends on the design, not on the data (`benchmarks/calibration.py`).
+    Returns no draws when refused.
+    """
+    xc = np.log10(params) - np.log10(params).mean()
+    coef = _quadratic_draws(xc, counts, noisy)
+    has_fid = ~np.isnan(fids)
+    fid_coef = None
+    if np.unique(xc[has_fid]).size >= 3:
+        fid_coef = _fid_coef_draws(xc, fids, has_fid, counts)
+    return fit_budget_draws(compute, params, tokens, losses, fids, coef, fid_coef,
+                            widen=xc.size > 3, floor_spacing=floor_spacing, rng=rng)
+
+
+def fit_budget_draws(
+    compute: float,
+    params: np.ndarray,
+    tokens: np.ndarray,
+    losses: np.ndarray,
+    fids: np.ndarray,
+    coef: np.ndarray,
+    fid_coef: np.ndarray | None = None,
+    widen: bool = False,
+    floor_spacing: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[BudgetFit, BudgetDraws | None]:
+    """One budget's optimum from bootstrap draws of its parabola's coefficients.
+
+    coef: [draws, 3] coefficients (c0, c1, c2) in x - mean(x), x = log10 N (see `vandermonde`);
+    fid_coef: the same for log10 FID, or None. widen: scale the draws by the HC1 factor (pairs
+    resampling); floor_spacing: see `fit_budget`. Returns no draws when refused.
     """
     x = np.log10(params)
     xbar = x.mean()
@@ -159,8 +197,8 @@ def fit_budget(
     third = (hi - lo) / 3
     centred = bool(lo + third <= vertex <= hi - third)
 
-    # Bootstrap: each draw's minimum within the sampled range.
-    d0, d1, d2 = _quadratic_draws(xc, counts, noisy).T
+    # Each draw's minimum within the sampled range.
+    d0, d1, d2 = coef.T
     with np.errstate(divide="ignore", invalid="ignore"):
         inner = np.where(d2 > 0, -d1 / (2 * d2), np.nan)
     at_lo = d0 + d1 * lo + d2 * lo**2 <= d0 + d1 * hi + d2 * hi**2
@@ -171,24 +209,26 @@ def fit_budget(
         log_loss = np.log10(d0 + d1 * xm + d2 * xm**2)
     log_n = xm + xbar
     x_opt, loss_opt = vertex + xbar, c0 - c1**2 / (4 * c2)
-    if x.size > 3:
-        # Resampling pairs spreads a least-squares estimate like the HC0 sandwich, too narrow by
-        # n / (n - 3) in variance for 3 coefficients; widen as HC1 does.
-        widen = math.sqrt(x.size / (x.size - 3))
-        log_n = x_opt + widen * (log_n - x_opt)
-        log_loss = math.log10(loss_opt) + widen * (log_loss - math.log10(loss_opt))
-    floor = floor_spacing * float(np.median(np.diff(np.unique(x))))
-    sd = log_n.std()
-    if sd < floor:
-        log_n = log_n + rng.normal(0.0, math.sqrt(floor**2 - sd**2), log_n.shape)
+    if widen:
+        factor = math.sqrt(x.size / (x.size - 3))
+        log_n = x_opt + factor * (log_n - x_opt)
+        log_loss = math.log10(loss_opt) + factor * (log_loss - math.log10(loss_opt))
+    if floor_spacing > 0:
+        floor = floor_spacing * float(np.median(np.diff(np.unique(x))))
+        sd = log_n.std()
+        if sd < floor:
+            jitter = rng or np.random.default_rng(0)
+            log_n = log_n + jitter.normal(0.0, math.sqrt(floor**2 - sd**2), log_n.shape)
 
     slope, intercept = np.polyfit(x, np.log10(tokens), 1)
     log_d = intercept + slope * log_n
     log_fid, fid_opt = None, None
     has_fid = ~np.isnan(fids)
-    if np.unique(x[has_fid]).size >= 3:
-        log_fid, fid_opt = _fid_draws(xc, fids, has_fid, counts, np.clip(log_n - xbar, lo, hi),
-                                      vertex)
+    if fid_coef is not None:
+        full = np.polynomial.polynomial.polyfit(xc[has_fid], np.log10(fids[has_fid]), 2)
+        xf = np.clip(log_n - xbar, lo, hi)
+        log_fid = fid_coef[:, 0] + fid_coef[:, 1] * xf + fid_coef[:, 2] * xf**2
+        fid_opt = float(10 ** np.polynomial.polynomial.polyval(vertex, full))
 
     edge_fraction = float(1 - inside.mean())
     messages = []
@@ -240,15 +280,11 @@ def residual_ss(params: np.ndarray, losses: np.ndarray) -> tuple[float, int]:
     return float((np.log(losses / np.maximum(fitted, 1e-300)) ** 2).sum()), int(params.size - 3)
 
 
-def _fid_draws(
-    xc: np.ndarray,
-    fids: np.ndarray,
-    has_fid: np.ndarray,
-    counts: np.ndarray,
-    xm: np.ndarray,
-    vertex: float,
-) -> tuple[np.ndarray, float]:
-    """log10 FID at each draw's optimum (parabola of log10 FID in log10 N) and at the vertex."""
+def _fid_coef_draws(
+    xc: np.ndarray, fids: np.ndarray, has_fid: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """[draws, 3] coefficients of the parabola of log10 FID in centred log10 N per resample; a
+    draw with fewer than 3 distinct FID sizes keeps the full-data coefficients."""
     y = np.log10(np.where(has_fid, fids, 1.0))
     full = np.polynomial.polynomial.polyfit(xc[has_fid], y[has_fid], 2)
     masked = counts * has_fid
@@ -258,8 +294,7 @@ def _fid_draws(
     coef = np.tile(full, (counts.shape[0], 1))
     if ok.any():
         coef[ok] = _quadratic_draws(xc, masked[ok], np.broadcast_to(y, masked[ok].shape))
-    log_fid = coef[:, 0] + coef[:, 1] * xm + coef[:, 2] * xm**2
-    return log_fid, float(10 ** np.polynomial.polynomial.polyval(vertex, full))
+    return coef
 
 
 def _pair(log_ci: np.ndarray) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, nnls
 
 from scaling.laws.bootstrap import interval, spreads
 
@@ -151,20 +151,50 @@ class _Problem:
         return np.stack([np.exp(e), np.exp(a + alpha * self.cn), np.exp(b + beta * self.cd),
                          alpha, beta], 1)
 
-    def grid_starts(self, losses: np.ndarray) -> np.ndarray:
-        """The best grid points (alpha, beta), E, A, B from linear least squares: [STARTS, 5]."""
-        al, be = (g.ravel() for g in np.meshgrid(GRID, GRID, indexing="ij"))
-        cols = np.stack([np.ones((al.size, self.u.size)), np.exp(-al[:, None] * self.u),
-                         np.exp(-be[:, None] * self.v)], 2)
-        norm = np.linalg.norm(cols, axis=1, keepdims=True)
-        x = cols / norm
-        coef = np.linalg.solve(np.einsum("gni,gnj->gij", x, x),
-                               np.einsum("gni,n->gi", x, losses)[..., None])[..., 0] / norm[:, 0]
-        # A negative coefficient is not a valid start; a small positive one is.
-        coef = np.maximum(coef, 1e-3 * losses.min())
-        theta = np.concatenate([np.log(coef), al[:, None], be[:, None]], 1)
-        f = _huber(_residuals(theta, self.u, self.v, np.log(losses))[0])[0].sum(1)
-        return theta[np.argsort(f)[:STARTS]]
+    def grid_starts(self, losses: np.ndarray, starts: int = STARTS) -> np.ndarray:
+        """The `starts` best (alpha, beta) grid points, E, A, B >= 0 by nonnegative least squares
+        of the loss with weights 1 / loss, as thetas [starts, 5] (centred coordinates), best first.
+
+        The Gram matrices of every grid pair come from matrix products over the runs, so memory is
+        O(grid + runs), not O(grid x runs)."""
+        w = 1.0 / losses
+        ea = np.exp(-GRID[:, None] * self.u[None, :])  # [grid, runs]
+        eb = np.exp(-GRID[:, None] * self.v[None, :])
+        w2 = w * w
+        g = len(GRID)
+        # Gram entries for every pair (i: alpha, j: beta), columns [1, ea_i, eb_j], weights w^2.
+        s11 = float(w2.sum())
+        s1a, s1b = ea @ w2, eb @ w2
+        saa, sbb = (ea * ea) @ w2, (eb * eb) @ w2
+        sab = (ea * w2) @ eb.T
+        ty = w2 * losses
+        t1, ta, tb = float(ty.sum()), ea @ ty, eb @ ty
+        yy = float(w2 @ (losses * losses))
+        gram = np.empty((g, g, 3, 3))
+        gram[..., 0, 0] = s11
+        gram[..., 0, 1] = gram[..., 1, 0] = s1a[:, None]
+        gram[..., 0, 2] = gram[..., 2, 0] = s1b[None, :]
+        gram[..., 1, 1] = saa[:, None]
+        gram[..., 2, 2] = sbb[None, :]
+        gram[..., 1, 2] = gram[..., 2, 1] = sab
+        rhs = np.stack(np.broadcast_arrays(t1, ta[:, None], tb[None, :]), -1)
+        ridge = 1e-12 * np.trace(gram, axis1=-2, axis2=-1)[..., None, None] * np.eye(3)
+        coef = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]  # unconstrained first
+        for i, j in zip(*np.nonzero((coef < 0).any(-1)), strict=True):
+            # min c'Mc - 2 c'h over c >= 0 is nnls(R, R^-T h) with M = R'R.
+            try:
+                chol = np.linalg.cholesky(gram[i, j] + ridge[i, j])
+            except np.linalg.LinAlgError:
+                coef[i, j] = np.nan
+                continue
+            coef[i, j] = nnls(chol.T, np.linalg.solve(chol, rhs[i, j]))[0]
+        rss = (yy - 2 * np.einsum("ijk,ijk->ij", coef, rhs)
+               + np.einsum("ijk,ijkl,ijl->ij", coef, gram, coef))
+        rss = np.where(np.isfinite(rss), rss, np.inf)
+        order = np.argsort(rss, axis=None)[:starts]
+        ii, jj = np.unravel_index(order, rss.shape)
+        c = np.maximum(coef[ii, jj], 1e-3 * losses.min())  # log of a zero coefficient: a small one
+        return np.concatenate([np.log(c), GRID[ii, None], GRID[jj, None]], 1)
 
     def on_bound(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Booleans [..., 5] each: `gone`, the E, A or B term is below NEGLIGIBLE of every fitted
@@ -182,10 +212,13 @@ def fit_parametric(
     losses: np.ndarray,
     counts: np.ndarray | None = None,
     noisy: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
 ) -> ParametricFit:
     """Fit E, A, B, alpha, beta to runs (N parameters, D tokens, loss) with bootstrap intervals.
 
     counts, noisy: [draws, n] resamples from `bootstrap.resample`; without them, no intervals.
+    starts: [k, 5] starting thetas in the centred coordinates of `_Problem` (e.g. the
+    least-squares optimum, see `varpro`); default the `STARTS` best points of the grid.
     """
     if params.size < 5:
         raise ValueError(f"Approach 3 fits 5 parameters: it needs 5 runs, got {params.size}")
@@ -193,18 +226,13 @@ def fit_parametric(
     u, v, log_loss = problem.u, problem.v, np.log(losses)
     ones = np.ones(params.size)
     optima = sorted((_lbfgsb(start, u, v, ones, log_loss)
-                     for start in problem.grid_starts(losses)), key=lambda item: item[0])
+                     for start in (problem.grid_starts(losses) if starts is None else starts)),
+                    key=lambda item: item[0])
     f_best, best = optima[0]
     # Another local optimum restarts the draws only when a draw could plausibly prefer it.
     starts = [best] + [x for f, x in optima[1:] if np.abs(x[3:] - best[3:]).max() > 1e-3
                        and f <= (1 + CLOSE) * f_best][:1]
-    nat = problem.natural(best[None, :])[0]
-    gone, edge = problem.on_bound(best)
-    at_bound = tuple(NAMES[i] for i in range(5) if gone[i] or edge[i])
-    notes = [f"{NAMES[i]} ended on its bound ({_bound_text(i, gone[i])}); its interval is not "
-             "reported and the fit is not trustworthy" for i in range(5) if gone[i] or edge[i]]
-
-    draws, ci = None, {}
+    fitted = None
     if counts is not None and noisy is not None:
         log_noisy = np.log(noisy)
         fitted = np.empty((counts.shape[0], 5))
@@ -212,6 +240,22 @@ def fit_parametric(
             keep = counts[k] > 0
             args = (u[keep], v[keep], counts[k, keep].astype(float), log_noisy[k, keep])
             fitted[k] = min((_lbfgsb(s, *args) for s in starts), key=lambda item: item[0])[1]
+    return summarise(problem, best, fitted, int(params.size))
+
+
+def summarise(problem: _Problem, best: np.ndarray, fitted: np.ndarray | None,
+              points: int, notes: tuple[str, ...] = ()) -> ParametricFit:
+    """A ParametricFit from the optimum `best` and bootstrap thetas `fitted` [draws, 5] (centred
+    coordinates; None: no intervals): natural parameters, intervals, bounds and notes."""
+    nat = problem.natural(best[None, :])[0]
+    gone, edge = problem.on_bound(best)
+    at_bound = tuple(NAMES[i] for i in range(5) if gone[i] or edge[i])
+    notes = list(notes) + [
+        f"{NAMES[i]} ended on its bound ({_bound_text(i, gone[i])}); its interval is not "
+        "reported and the fit is not trustworthy" for i in range(5) if gone[i] or edge[i]]
+
+    draws, ci = None, {}
+    if fitted is not None:
         draws = problem.natural(fitted)
         full = np.concatenate([draws, (draws[:, 4] / draws[:, 3:].sum(1))[:, None],
                                (draws[:, 3] / draws[:, 3:].sum(1))[:, None]], 1)
@@ -236,7 +280,7 @@ def fit_parametric(
               for i, name in enumerate(NAMES)}
     return ParametricFit(
         E=float(nat[0]), A=float(nat[1]), B=float(nat[2]), alpha=float(nat[3]),
-        beta=float(nat[4]), ci=ci, points=int(params.size), draws=draws, at_bound=at_bound,
+        beta=float(nat[4]), ci=ci, points=points, draws=draws, at_bound=at_bound,
         notes=tuple(notes),
     )
 

@@ -1,14 +1,19 @@
 """Approach 2, step 2: power laws y = k C^e across budgets, and the saturating L = E + A C^-alpha.
 
-The power law is a weighted least-squares line in log10 space: log10 y = log10 k + e log10 C, with
-each budget weighted by 1 / sd^2 of its optimum's bootstrap draws (in log10 y). Intervals propagate
-the per-budget uncertainty: bootstrap draw j refits the line on every budget's draw j, so the 95%
-percentile intervals of (k, e) reflect how far each optimum could move, not just the residuals.
+The power law is the least-squares line in log10 space, log10 y = log10 k + e log10 C, through the
+budgets' optima: unweighted by default, as Chinchilla (Hoffmann et al. 2022) and its replications
+compute it, or weighted by 1 / sd^2 of each optimum's bootstrap draws (`weighted=True`), a variant
+that lets the tightest budgets pull the line, and with them their parabolas' systematic bias.
+Intervals propagate the per-budget uncertainty: bootstrap draw j refits the line on every budget's
+draw j, so the 95% percentile intervals of (k, e) reflect how far each optimum could move.
 
 Residuals still count: with 3 or more budgets, when the optima scatter about the line more than
-their own intervals allow (weighted chi-square per degree of freedom above 1), the draws are
-widened about the estimate by sqrt(chi2 / dof), the Birge ratio that the Particle Data Group uses
-as its scale factor. A law on 2 budgets passes through both exactly and cannot check this.
+their own intervals allow (chi-square of the residuals in units of each optimum's sd, per degree
+of freedom, significantly above 1 at the 95% level: under a true power law 5% of fits widen), the
+draws are widened about the estimate by sqrt(chi2 / dof), the Birge ratio that the Particle Data
+Group uses as its scale factor. Widening whenever the ratio exceeds 1 would widen half of all
+fits of a true law, by a noisy factor (4 degrees of freedom on six budgets), and over-cover.
+A law on 2 budgets passes through both exactly and cannot check this.
 
 A law whose budgets' draws do not vary (see `bootstrap.spreads`) has no interval: it is reported
 with `exponent_ci` and `coefficient_ci` None rather than with a zero-width interval.
@@ -20,9 +25,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from scaling.laws.bootstrap import interval, spreads
 
+SCATTER_LEVEL = 0.95  # widen only when the optima's scatter is significant at this level
 SIGNIFICANT = 7  # digits kept in stored draws, so an object and its JSON predict identically
 
 
@@ -39,6 +46,7 @@ class PowerLaw:
     budgets: number of budgets the law was fitted on.
     scatter: the factor (>= 1) by which the draws were widened because the optima scatter about
     the line more than their intervals allow; 1 when they do not (or with only 2 budgets).
+    excess: that factor whether applied or not (1 when the optima scatter as their intervals allow).
     """
 
     coefficient: float
@@ -48,6 +56,7 @@ class PowerLaw:
     budgets: int = 0
     draws: np.ndarray | None = None
     scatter: float = 1.0
+    excess: float = 1.0
 
     def __call__(self, compute: float | np.ndarray) -> np.ndarray:
         return self.coefficient * np.asarray(compute, dtype=float) ** self.exponent
@@ -77,28 +86,40 @@ def _wls_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, 
     return ym - slope * xm, slope
 
 
-def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray) -> PowerLaw:
+def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
+                  weighted: bool = False, widen: bool = True) -> PowerLaw:
     """Fit y = k C^e from per-budget optima.
 
     compute: [budgets] FLOPs; log_y: [budgets] log10 of the optima; log_draws: [draws, budgets]
-    their bootstrap draws. Needs at least 2 budgets.
+    their bootstrap draws. Needs at least 2 budgets. weighted False (the default): ordinary least
+    squares of log10 y on log10 C, as Chinchilla and its replications fit; True: each budget
+    weighted by 1 / sd^2 of its draws. widen: widen by the Birge ratio when the scatter is
+    significant (see the module docstring); False for a law whose truth is the line through these
+    budgets whatever their curvature (the loss at the optimum).
     """
     if compute.size < 2:
         raise ValueError(f"a power law needs at least 2 budgets, got {compute.size}")
     x = np.log10(compute)
-    # A bootstrap draw whose parabola has no positive minimum has no log value: leave it out
-    # rather than let one NaN make the whole law NaN.
-    log_draws = log_draws[np.isfinite(log_draws).all(1)]
-    if log_draws.shape[0] < 2:
+    # A bootstrap draw whose parabola has no positive minimum has no log value: it stays NaN in
+    # the law's draws (so that draw k still pairs with draw k of Approach 3) and the intervals
+    # ignore it, rather than let one NaN make the whole law NaN.
+    finite = np.isfinite(log_draws).all(1)
+    if finite.sum() < 2:
         log_draws = np.broadcast_to(log_y, (2, log_y.size))
-    w = weights_from_sd(log_draws.std(0))
+        finite = np.ones(2, bool)
+    sd = log_draws[finite].std(0)
+    w = weights_from_sd(sd) if weighted else np.ones_like(sd)
     b0, b1 = _wls_line(x, log_y, w)
-    if not spreads(log_draws).all():  # some budget's uncertainty is unknown: so is the law's
+    if not spreads(log_draws[finite]).all():  # a budget's uncertainty unknown: the law's too
         return PowerLaw(coefficient=float(10**b0), exponent=float(b1), budgets=int(compute.size))
-    scatter = 1.0
+    scatter = excess = 1.0
     if compute.size > 2:
-        chi2 = float((w * (log_y - b0 - b1 * x) ** 2).sum())
-        scatter = max(1.0, math.sqrt(chi2 / (compute.size - 2)))
+        dof = compute.size - 2
+        chi2 = float((weights_from_sd(sd) * (log_y - b0 - b1 * x) ** 2).sum())
+        ratio = math.sqrt(chi2 / dof)
+        # Reported even when not applied, so the fit can warn about it.
+        scatter = ratio if widen and chi2 > stats.chi2.ppf(SCATTER_LEVEL, dof) else 1.0
+        excess = max(1.0, ratio)
     d0, d1 = _wls_line(x, log_draws, w)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
     draws = _round(np.stack([10**d0, d1], 1))
@@ -111,6 +132,7 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray)
         budgets=int(compute.size),
         draws=draws,
         scatter=scatter,
+        excess=excess,
     )
 
 

@@ -3,9 +3,10 @@
 Conventions: C is training compute in FLOPs, a multiply-add counts as 2 FLOPs, and the study's
 convention (`6ND`: C = 6 N D, or `exact`: 3 x analytic forward FLOPs) is recorded. N is parameters,
 D is tokens, loss is the training loss the study observed (dimensionless), FID is Frechet distance.
-Every interval is a 95% bootstrap percentile interval [lo, hi]. An interval the data cannot support
-(bootstrap draws that do not vary, a parameter on its bound) is null in JSON and "not estimable"
-in tables, with the reason in `warnings`; an interval is never reported with zero width.
+Every interval is a 95% percentile interval [lo, hi] of the parametric bootstrap (`fit.py`).
+An interval the data cannot support (bootstrap draws that do not vary, a parameter on its
+bound) is null in JSON and "not estimable" in tables, with the reason in `warnings`; an
+interval is never reported with zero width.
 
 JSON schema (`LawFit.to_dict()`; `to_json()` is the same as text; keys beyond issue 3's core are
 marked +):
@@ -29,10 +30,16 @@ marked +):
                      "suggested_sizes"+, # parameters to add; [] when centred
                      "message"+,         # why refused or flagged; "" when fine
                      "params"+, "losses"+, "fids"+,  # the runs, for figures
-                     "parabola"+: [c0, c1, c2]}]},  # loss = c0 + c1 x + c2 x^2, x = log10 N
+                     "parabola"+: [c0, c1, c2]}],  # loss = c0 + c1 x + c2 x^2, x = log10 N
+        "weighted"+: {"n_opt": {...}, "d_opt": {...}} | null},  # 1 / sd^2-weighted variant
      "approach3": {"E", "A", "B", "alpha", "beta", "a", "b", "ci": {name: [lo, hi] | null},
-                   "points"+, "at_bound"+} | null,   # L(N, D) = E + A/N^alpha + B/D^beta
-     "agreement"+: {"a": {"approach2": [v, lo, hi], "approach3": [v, lo, hi], "consistent"},
+                   "points"+, "at_bound"+} | null,   # L(N, D) = E + A/N^alpha + B/D^beta,
+                                         # variable projection, least squares on log loss
+     "approach3_huber"+: {"E", "A", "B", "alpha", "beta", "a", "b", "points", "at_bound"} | null,
+                                         # the Huber fit (Besiroglu et al.), point estimate
+     "agreement"+: {"a": {"approach2": [v, lo, hi], "approach3": [v, lo, hi],
+                          "difference": [d, lo, hi],  # Approach 2 - 3 over the same draws
+                          "consistent"},  # the difference's interval holds 0
                     "b": {...}} | null,  # exponents of N_opt (a) and D_opt (b) by both approaches
      "convention": "6ND", "flops_per_multiply_add": 2, "schema"+: "dit-scaling/laws/1",
      "source"+: "fit" | "paper", "compute_range"+: [lo, hi],  # budgets the laws rest on, FLOPs
@@ -69,15 +76,17 @@ class FitOptions:
     """How laws are fitted.
 
     draws: bootstrap draws (at least 20; 1,000 for reported intervals).
-    noise_sigma: relative sd of noise added to every loss per draw (Porian et al.: 0.005); 0: none.
-    seed_noise: relative seed-to-seed sd of a loss assumed for budgets with fewer than
-      `FEW_SIZES` (5) distinct sizes, where resampling runs cannot spread the optimum (with 3
-      sizes every draw is the same runs). Their draws add noise of max(seed_noise, the relative
-      residual sd pooled over the parabolas of budgets with more than 3 runs), so their intervals
-      rest on a stated assumption instead of being zero-width. Default 0.005, the seed-to-seed
-      noise Porian et al. 2024 measured; 0 turns it off, and such intervals are then not reported.
-    floor_spacing: floor on the sd of each budget's log10 N_opt draws, as a fraction of its grid's
-      log10 spacing (Porian et al.'s 0.33); 0: no floor.
+    noise_sigma: the loss's relative seed-to-seed sd when it is known (e.g. measured from repeated
+      runs); the parametric bootstrap then uses it instead of estimating it. 0 (default):
+      estimated from the fits' residuals (see `fit.py`).
+    seed_noise: relative sd assumed when the runs cannot estimate it (no budget has more than 3
+      runs, or Approach 3 has exactly 5), so that intervals rest on a stated assumption instead
+      of being zero-width. Default 0.005, the seed-to-seed noise Porian et al. 2024 measured;
+      0 turns it off, and such intervals are then not reported.
+    floor_spacing: floor on the sd of a budget's log10 N_opt draws, as a fraction of its grid's
+      log10 spacing, for callers of `isoflop.fit_budget` (pairs resampling); default 0, no floor.
+      `fit_laws` never applies one: a floor tied to the design's own spacing tells a wide grid it
+      knows less than it does (`benchmarks/calibration.py` measures it).
     saturating: also fit L = E + A C^-alpha to the optimum losses (needs 3 budgets).
     approach3: also fit the parametric L(N, D) to every run (needs 5 runs).
     convention: the compute convention of the runs, "6ND" or "exact" (a label, nothing converted).
@@ -87,7 +96,7 @@ class FitOptions:
     draws: int = 1000
     noise_sigma: float = 0.0
     seed_noise: float = 0.005
-    floor_spacing: float = 0.33
+    floor_spacing: float = 0.0
     saturating: bool = False
     approach3: bool = True
     convention: str = "6ND"
@@ -163,6 +172,10 @@ class LawFit:
 
     budgets holds every budget, refused ones included; compute_range spans the budgets the laws
     rest on. `warnings` lists refused or off-centre budgets and disagreements, in plain words.
+    approach3 is the variable-projection least-squares fit with intervals; approach3_huber the
+    Huber fit of Besiroglu et al. beside it (point estimate). weighted: the N_opt and D_opt laws
+    weighted by 1 / sd^2 of each optimum, beside the unweighted headline. paired[name]:
+    (Approach 2 - Approach 3, lo, hi) of exponent a or b over the same bootstrap draws.
     """
 
     n_opt: PowerLaw
@@ -177,6 +190,9 @@ class LawFit:
     warnings: tuple[str, ...] = ()
     source: str = "fit"
     options: FitOptions | None = None
+    approach3_huber: ParametricFit | None = None
+    weighted: dict[str, PowerLaw] | None = None
+    paired: dict[str, tuple[float, float, float]] | None = None
 
     def law(self, name: str) -> PowerLaw | None:
         if name not in LAWS:
@@ -211,18 +227,22 @@ class LawFit:
         )
 
     def agreement(self) -> dict[str, dict[str, Any]] | None:
-        """Approach 2 and 3 exponents of N_opt (a) and D_opt (b); consistent = intervals overlap."""
+        """Approach 2 and 3 exponents of N_opt (a) and D_opt (b) and their paired difference over
+        the same bootstrap draws; consistent = the difference's 95% interval holds 0."""
         p = self.approach3
-        if p is None or not p.ci:
+        if p is None or not p.ci or not self.paired:
             return None
         out = {}
         for name, law, value in (("a", self.n_opt, p.a), ("b", self.d_opt, p.b)):
-            if law.exponent_ci is None or p.ci.get(name) is None:
+            d = self.paired.get(name)
+            if law.exponent_ci is None or p.ci.get(name) is None or d is None:
                 continue  # an interval that cannot be estimated cannot be compared
+            if not all(math.isfinite(x) for x in d):
+                continue
             lo2, hi2 = law.exponent_ci
             lo3, hi3 = p.ci[name]
             out[name] = {"approach2": [law.exponent, lo2, hi2], "approach3": [value, lo3, hi3],
-                         "consistent": bool(lo2 <= hi3 and lo3 <= hi2)}
+                         "difference": list(d), "consistent": bool(d[1] <= 0 <= d[2])}
         return out or None
 
     # ---- plain text -------------------------------------------------------------------------
@@ -249,6 +269,12 @@ class LawFit:
                          _ci(law.coefficient_ci, ".3g", missing), _num(law.exponent, ".4f"),
                          _ci(law.exponent_ci, ".4f", missing), str(law.budgets or "-")))
         lines = [head, text_columns(rows)]
+        if self.weighted:
+            parts = [f"{LAW_LABELS[k].split()[0]} exponent {w.exponent:.4f} "
+                     f"{_ci(w.exponent_ci, '.4f', NOT_ESTIMABLE)}"
+                     for k, w in self.weighted.items()]
+            lines.append("Weighted variant (each budget by 1 / sd^2 of its optimum): "
+                         + ", ".join(parts))
         s = self.loss_saturating
         if s is not None:
             ci = {k: _ci(s.ci.get(k), fmt, NOT_ESTIMABLE)
@@ -257,23 +283,35 @@ class LawFit:
                          f"A {s.A:.4g} {ci['A']}, alpha {s.alpha:.4f} {ci['alpha']} "
                          f"({s.budgets} budgets)")
         p = self.approach3
+        h = self.approach3_huber
         if p is not None:
-            lines.append(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta, Huber (delta 1e-3) on "
-                         f"log loss, {p.points} runs")
-            prow = [("parameter", "value", "95% interval")]
+            lines.append(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta by variable projection "
+                         f"(least squares on log loss, E, A, B by nonnegative least squares), "
+                         f"{p.points} runs"
+                         + ("; beside it the Huber fit (delta 1e-3 on log loss, Besiroglu et "
+                            "al. 2024)" if h is not None else ""))
+            prow = [("parameter", "value", "95% interval") + (("Huber",) if h else ())]
             for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
                 prow.append((name, f"{getattr(p, name):.4g}",
-                             _ci(p.ci.get(name), ".4g", NOT_ESTIMABLE if p.ci else "-")))
+                             _ci(p.ci.get(name), ".4g", NOT_ESTIMABLE if p.ci else "-"))
+                            + ((f"{getattr(h, name):.4g}",) if h else ()))
             lines.append(text_columns(prow))
             if p.at_bound:
                 lines.append(f"  {', '.join(p.at_bound)} ended on a bound: do not trust this fit")
+            if h is not None and h.at_bound:
+                lines.append(f"  Huber: {', '.join(h.at_bound)} ended on a bound: do not trust "
+                             "that fit")
         agree = self.agreement()
         if agree:
             for name, label in (("a", "N_opt exponent a"), ("b", "D_opt exponent b")):
+                if name not in agree:
+                    continue
                 v2, v3 = agree[name]["approach2"], agree[name]["approach3"]
+                d = agree[name]["difference"]
                 verdict = "consistent" if agree[name]["consistent"] else "DISAGREE"
                 lines.append(f"{label}: Approach 2 {v2[0]:.4f} [{v2[1]:.4f}, {v2[2]:.4f}], "
-                             f"Approach 3 {v3[0]:.4f} [{v3[1]:.4f}, {v3[2]:.4f}]: {verdict}")
+                             f"Approach 3 {v3[0]:.4f} [{v3[1]:.4f}, {v3[2]:.4f}], paired "
+                             f"difference {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]: {verdict}")
         if self.budgets:
             brow = [("budget (FLOPs)", "points", "N_opt", "95% interval", "D_opt", "loss_opt",
                      "centred")]
@@ -303,7 +341,7 @@ class LawFit:
                     "exponent_ci": x.exponent_ci, "coefficient_ci": x.coefficient_ci,
                     "budgets": x.budgets, "scatter": x.scatter}
 
-        s, p = self.loss_saturating, self.approach3
+        s, p, h = self.loss_saturating, self.approach3, self.approach3_huber
         out = {
             "approach2": {
                 **{name: law(self.law(name)) for name in LAWS},
@@ -311,10 +349,15 @@ class LawFit:
                     "E": s.E, "A": s.A, "alpha": s.alpha, "ci": s.ci, "budgets": s.budgets,
                     "at_bound": list(s.at_bound)},
                 "budgets": [_budget_dict(b) for b in self.budgets],
+                "weighted": None if not self.weighted else {
+                    k: law(w) for k, w in self.weighted.items()},
             },
             "approach3": None if p is None else {
                 "E": p.E, "A": p.A, "B": p.B, "alpha": p.alpha, "beta": p.beta, "a": p.a,
                 "b": p.b, "ci": p.ci, "points": p.points, "at_bound": list(p.at_bound)},
+            "approach3_huber": None if h is None else {
+                "E": h.E, "A": h.A, "B": h.B, "alpha": h.alpha, "beta": h.beta, "a": h.a,
+                "b": h.b, "points": h.points, "at_bound": list(h.at_bound)},
             "agreement": self.agreement(),
             "convention": self.convention,
             "flops_per_multiply_add": 2,
@@ -352,8 +395,10 @@ class LawFit:
                             None if raw is None else np.asarray(raw, dtype=float),
                             d.get("scatter", 1.0))
 
-        s, p = a2.get("loss_saturating"), data.get("approach3")
+        s, p, h = a2.get("loss_saturating"), data.get("approach3"), data.get("approach3_huber")
         options = data.get("options")
+        agree = data.get("agreement") or {}
+        weighted = a2.get("weighted")
         return cls(
             n_opt=law("n_opt"), d_opt=law("d_opt"), loss=law("loss"), fid=law("fid"),
             compute_range=_tuple(data["compute_range"]),
@@ -370,6 +415,16 @@ class LawFit:
             warnings=tuple(data.get("warnings", ())),
             source=data.get("source", "fit"),
             options=None if options is None else FitOptions(**options),
+            approach3_huber=None if h is None else ParametricFit(
+                E=h["E"], A=h["A"], B=h["B"], alpha=h["alpha"], beta=h["beta"], ci={},
+                points=h.get("points", 0), at_bound=tuple(h.get("at_bound", ()))),
+            weighted=None if not weighted else {
+                k: PowerLaw(_float(w["coefficient"]), _float(w["exponent"]),
+                            _float_pair(w["coefficient_ci"]), _float_pair(w["exponent_ci"]),
+                            w.get("budgets", 0), None, w.get("scatter", 1.0))
+                for k, w in weighted.items()},
+            paired={k: tuple(v["difference"]) for k, v in agree.items()
+                    if "difference" in v} or None,
         )
 
 
