@@ -228,7 +228,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_status(args) -> int:
     tracking = _tracking(args)
-    from search.tracking import STATUS
+    from search.records import STATUS
 
     run = tracking.latest_study_run(args.study)
     records = tracking.trial_records(run.info.run_id, run.info.experiment_id)
@@ -318,8 +318,8 @@ def _fit_store(args):
 def _log_fit(args, tracking, fit) -> None:
     import tempfile
 
+    from search.records import LAWS_FILE
     from search.results import law_metrics
-    from search.tracking import LAWS_FILE
 
     run_id = tracking.start_study_run(args.study, {"source": str(Path(args.runs).resolve())})
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,11 +10,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
 from scaling.runs_table import RunPoint, write_runs
+from search.errors import TrackingError
+from search.records import LAWS_FILE, TrialRecord
 from search.spec import StudySpec
-from search.tracking import LAWS_FILE, Tracking, TrackingError, TrialRecord
+
+if TYPE_CHECKING:
+    from search.tracking import Tracking
 
 RUNS_FILE = "runs.parquet"
 

@@ -66,8 +66,15 @@ def check_store(uri: str, write: bool = False, create: bool | None = None) -> No
 
 def open_tracking(uri: str, artifact_root: str | None = None, *, write: bool = False,
                   create: bool | None = None):
-    """The `Tracking` of a store that passed `check_store`."""
+    """The `Tracking` of a store that passed `check_store`; for reading a local SQLite file, a
+    `search.local_store.LocalStore` (the same queries, without loading MLflow) where it can."""
     check_store(uri, write, create)
+    if not write and uri_scheme(uri) == "sqlite":
+        from search.local_store import open_reader
+
+        reader = open_reader(uri)
+        if reader is not None:
+            return reader
     from search.tracking import Tracking
 
     return Tracking(uri, artifact_root)

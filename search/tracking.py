@@ -15,13 +15,23 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from search.errors import TrackingError, first_line
+from search.records import (  # noqa: F401  (the tag names are imported from here too)
+    BUDGET,
+    KIND,
+    LAWS_FILE,
+    PARENT,
+    STATUS,
+    STUDY,
+    TRIAL_KEY,
+    TrialRecord,
+    latest_study_run,
+)
 from search.store import probe_server
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -30,28 +40,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-KIND = "dit.kind"  # "study" or "trial"
-STUDY = "dit.study"
-TRIAL_KEY = "dit.trial_key"
-BUDGET = "dit.budget"
-STATUS = "dit.status"  # running, finished, failed, diverged
-PARENT = "mlflow.parentRunId"
-LAWS_FILE = "laws.json"
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics per call
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """A finished (or failed) trial as MLflow holds it."""
-
-    run_id: str
-    trial_key: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-
-    def param(self, name: str, cast=float):
-        return cast(self.params[name])
 
 
 class Tracking:
@@ -114,13 +103,7 @@ class Tracking:
                                        order_by=["attributes.start_time DESC"])
 
     def latest_study_run(self, study: str, with_laws: bool = False):
-        runs = self.study_runs(study)
-        if with_laws:
-            runs = [r for r in runs if r.data.tags.get("dit.laws") == "1"]
-        if not runs:
-            what = "with fitted laws " if with_laws else ""
-            raise TrackingError(f"study {study!r} has no study run {what}in MLflow at {self.uri}")
-        return runs[0]
+        return latest_study_run(self.study_runs(study), study, self.uri, with_laws)
 
     # -- trial runs --------------------------------------------------------------------------
     def trial_run(self, study: str, study_run_id: str, trial_key: str, params: dict[str, str],
@@ -159,7 +142,8 @@ class Tracking:
     def set_status(self, run_id: str, status: str, terminal: bool = True) -> None:
         self.client.log_batch(run_id, tags=[RunTag(STATUS, status)])
         if terminal:
-            mlflow_status = {"finished": "FINISHED", "killed": "KILLED"}.get(status, "FAILED")
+            mlflow_status = {"finished": "FINISHED", "killed": "KILLED",
+                             "stopped": "KILLED"}.get(status, "FAILED")
             self.client.set_terminated(run_id, mlflow_status)
 
     def reopen(self, run_id: str) -> None:
