@@ -1,152 +1,214 @@
-"""FLOPs each strategy spends to pin the N_opt exponent to a 95% interval of +-0.03 or narrower.
+"""The allocator against the best simple designs at equal FLOPs, by the real error of the exponent.
 
-Setup, per built-in surface and seed (simulated trainer, 0.5% loss noise, C = 6ND FLOPs with a
-multiply-add = 2 FLOPs):
-- budgets 1e17 x 2^k FLOPs, k = 0..K, taken in increasing order until the target is met;
-- the same prior for both strategies: the 6ND heuristic N = sqrt(C / 6r), with r chosen so that the
-  prior is twice the surface's true N_opt at 1e18 FLOPs (and drifts from it with C, since its
-  exponent is 1/2);
-- adaptive: the service's allocator (search/allocator.py) with `exponent_tolerance` = 0.03, one
-  trial at a time; it stops by itself once its interval is reached (3 budgets at least);
-- fixed: 9 sizes per budget spaced x sqrt(2) around the prior; the laws are refitted after each
-  budget and the grid stops at the first budget (3 at least) whose fit reaches the target.
-The interval of both is the service's final fit (`fit_laws`, 1000 bootstrap draws) on the trials
-run so far; "covers" means it holds the surface's true exponent. A strategy that never reaches the
-target within the budgets spends everything and counts as not reached.
+Protocol (simulated trainer, C = 6ND FLOPs with a multiply-add = 2 FLOPs, the paper's six budgets
+1e17, 3e17, 6e17, 1e18, 3e18, 6e18):
+- Measure: RMSE of the fitted N_opt exponent a (the service's final fit, `fit_laws`) about the
+  surface's true a across seeds. Seeds are common random numbers: a trial's noise is a function of
+  the seed and its (budget, size), so two designs that train the same size see the same loss. The
+  reported 95% intervals do not enter the RMSE; their coverage of the true a is printed beside it.
+- Baselines, all centred on the scenario's prior: fixed grids of 5 and 9 sizes per budget spaced
+  x sqrt2, x2 and x4 in N, and the two-round grid (5 sizes x2, then 3 sizes x sqrt2 around each
+  budget's lowest observed loss: `search.plan.simulate_study(strategy="two_round")`).
+- Equal FLOPs: each baseline's cost is a FLOPs level; the allocator runs once per level with
+  `allocator.max_flops` at that level, and is compared with the best baseline that costs no more
+  than the level. A scenario's ratio is the worst over its levels: the allocator has to beat every
+  baseline at that baseline's own cost.
+- Allocator settings (one set for every scenario): target "a", 3 initial sizes x10 around the
+  prior, max_trials_per_budget 60, per-budget tolerance 0.001 (no budget stops early: the FLOPs
+  cap ends the study), one trial at a time.
+- Scenarios: priors true (the surface's own N_opt law), x4 and /4 in N, and the exponent off by
+  -0.07 (right at 1e17 FLOPs, 0.07 too flat beyond it, as a 6ND heuristic is); noise 0.5% and 2% of
+  the loss; surfaces paper, chinchilla, asymmetric.
 
-    python benchmarks/allocator_efficiency.py [--seeds 8] [--max-doublings 14]
+    python benchmarks/allocator_efficiency.py                  # full: 24 scenarios x 20 seeds
+    python benchmarks/allocator_efficiency.py --quick          # paper surface, true and x4, 0.5%
+    python benchmarks/allocator_efficiency.py --surfaces chinchilla --priors true --noises 0.02
 
-The last line reads `adaptive/fixed FLOPs: R coverage: A vs F` (R the median ratio over surfaces
-and seeds, A and F the coverage fractions). Goal: R <= 0.25 with A >= 0.9.
+Goals: ratio <= 1.0 with a true prior and <= 0.6 with a wrong one, on every surface and noise
+level; with 2% noise the allocator's |bias| under a quarter of its median 95% half-width. Last line:
+`allocator RMSE / best fixed RMSE: true prior R1, wrong prior R2 (worst scenarios) coverage: min C`
+(C the allocator's lowest coverage over the scenarios and levels).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
+from multiprocessing import Pool
 
-from scaling.laws import FitOptions, LawFitError, fit_laws
-from scaling.runs_table import RunPoint
-from scaling.surface import SURFACES
-from search.allocator import SizeCatalogue, heuristic_prior
+import numpy as np
+
+from scaling.surface import PAPER_BUDGETS, SURFACES
+from search.allocator import Prior, SizeCatalogue
 from search.plan import simulate_study, simulated_template
-from search.spec import parse_spec
+from search.spec import StudySpec, parse_spec
 
-TARGET = 0.03
-
-
-def half(ci: tuple[float, float]) -> float:
-    return (ci[1] - ci[0]) / 2
+GRIDS = [(k, s) for k in (5, 9) for s in (math.sqrt(2), 2.0, 4.0)]
+PRIORS = {"true": (1.0, 0.0), "x4": (4.0, 0.0), "/4": (0.25, 0.0), "exp-0.07": (1.0, -0.07)}
+LEVEL_MATCH = 1.02  # a baseline belongs to a level when it costs at most this x the level
 
 
-def study_spec(name: str, surface: str, seed: int, budgets: list[float], r: float,
-               tolerance: float, cap: int) -> dict:
-    return {"name": name, "seed": seed, "budgets": budgets,
-            "trainer": {"kind": "simulated", "surface": surface, "batch_size": 256},
-            "model": {"tokens_per_param": r, "sizes_per_budget": 9, "size_spacing": math.sqrt(2),
-                      "min_params": 1e5, "max_params": 2e10},
-            "allocator": {"kind": "adaptive", "exponent_tolerance": TARGET,
-                          "tolerance": tolerance, "max_trials_per_budget": cap}}
+@dataclass(frozen=True)
+class Outcome:
+    """One design's seeds: median FLOPs, exponents (value, lo, hi; NaN when not fitted)."""
+
+    name: str
+    flops: float
+    a: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def stats(self, truth: float) -> dict:
+        ok = np.isfinite(self.a)
+        err = self.a[ok] - truth
+        return {"rmse": float(np.sqrt(np.mean(err**2))) if ok.any() else math.nan,
+                "bias": float(np.mean(err)) if ok.any() else math.nan,
+                "half": float(np.median((self.hi - self.lo)[ok] / 2)) if ok.any() else math.nan,
+                "cover": float(np.mean((self.lo[ok] <= truth) & (truth <= self.hi[ok])))
+                if ok.any() else math.nan,
+                "fitted": int(ok.sum())}
 
 
-def fixed_until_target(sim, seed: int) -> tuple[float, tuple | None, int]:
-    """Cumulative FLOPs of the fixed grid up to the first budget whose refit meets the target."""
-    budgets = sorted({t.budget for t in sim.trials})
-    last = None
-    for k in range(3, len(budgets) + 1):
-        chosen = [t for t in sim.trials if t.budget <= budgets[k - 1]]
-        points = [RunPoint(compute=t.budget, params=t.params, loss=t.loss, tokens=t.tokens,
-                           budget=t.budget) for t in chosen]
-        try:
-            fit = fit_laws(points, FitOptions(seed=seed, approach3=False))
-        except (LawFitError, ValueError):
-            continue
-        last = (fit.n_opt.exponent, *fit.n_opt.exponent_ci)
-        if half(fit.n_opt.exponent_ci) <= TARGET:
-            return sum(t.flops for t in chosen), last, k
-    return sum(t.flops for t in sim.trials), None if last is None else last, -1
+def study(surface: str, noise: float, seed: int, model: dict, allocator: dict) -> StudySpec:
+    return parse_spec({"name": "bench", "seed": seed, "budgets": list(PAPER_BUDGETS),
+                       "trainer": {"kind": "simulated", "surface": surface, "batch_size": 256,
+                                   "noise": noise},
+                       "model": {"min_params": 1e5, "max_params": 2e10, **model},
+                       "allocator": allocator})
+
+
+def scenario_prior(surface: str, prior: str) -> Prior:
+    """The scenario's prior N_opt = k C^e: the surface's own law scaled (x4, /4), or with its
+    exponent shifted and its value kept at the smallest budget."""
+    surf = SURFACES[surface]
+    scale, shift = PRIORS[prior]
+    a = surf.exponents().a
+    c0 = PAPER_BUDGETS[0]
+    n0 = surf.optimum(c0).n_opt * scale
+    e = a + shift
+    return Prior(n0 / c0**e, e, f"scenario prior {prior}")
+
+
+def run_design(job: tuple) -> Outcome:
+    surface, noise, prior_name, name, strategy, model, allocator, seeds, draws = job
+    warnings.filterwarnings("ignore")
+    surf = SURFACES[surface]
+    prior = scenario_prior(surface, prior_name)
+    base = study(surface, noise, 0, model, allocator)
+    template = simulated_template(base)
+    catalogue = SizeCatalogue(base, template)
+    flops, values = [], []
+    for seed in range(seeds):
+        spec = base.model_copy(update={"seed": seed})
+        sim = simulate_study(spec, template, prior, strategy, surf, 1, catalogue, draws=draws)
+        flops.append(sim.flops)
+        values.append(sim.exponent("n_opt") or (math.nan,) * 3)
+    v = np.array(values, dtype=float)
+    return Outcome(name, float(np.median(flops)), v[:, 0], v[:, 1], v[:, 2])
+
+
+def allocator_settings(max_flops: float = 0.0) -> dict:
+    return {"kind": "adaptive", "target": "a", "initial_sizes": 3, "spacing": 10.0,
+            "max_trials_per_budget": 60, "tolerance": 0.001, "max_flops": max_flops}
+
+
+def baselines(surface: str, noise: float, prior: str, seeds: int, draws: int) -> list[tuple]:
+    jobs = [(surface, noise, prior, f"fixed {k} x{s:.3g}", "fixed",
+             {"sizes_per_budget": k, "size_spacing": s}, {"kind": "fixed"}, seeds, draws)
+            for k, s in GRIDS]
+    jobs.append((surface, noise, prior, "two-round 5 x2 + 3 x1.41", "two_round", {},
+                 {"kind": "fixed"}, seeds, draws))
+    return jobs
+
+
+def levels(outcomes: list[Outcome]) -> list[float]:
+    """The distinct FLOPs levels of the baselines (within LEVEL_MATCH of each other: one)."""
+    out: list[float] = []
+    for f in sorted(o.flops for o in outcomes):
+        if out and f <= out[-1] * LEVEL_MATCH:
+            out[-1] = f
+        else:
+            out.append(f)
+    return out
+
+
+def fmt_row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--max-doublings", type=int, default=14)
-    ap.add_argument("--tolerance", type=float, default=0.1, help="adaptive per-budget tolerance")
-    ap.add_argument("--cap", type=int, default=16, help="adaptive trials per budget")
-    ap.add_argument("--surfaces", default="chinchilla,paper,asymmetric")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--surfaces", default="paper,chinchilla,asymmetric")
+    ap.add_argument("--priors", default=",".join(PRIORS))
+    ap.add_argument("--noises", default="0.005,0.02")
+    ap.add_argument("--draws", type=int, default=200,
+                    help="bootstrap draws of each final fit (intervals, coverage; not the RMSE)")
+    ap.add_argument("--workers", type=int, default=1, help="processes (the machine is shared)")
+    ap.add_argument("--quick", action="store_true",
+                    help="paper surface, true and x4 priors, 0.5%% noise, 10 seeds")
     args = ap.parse_args()
+    if args.quick:
+        args.surfaces, args.priors, args.noises, args.seeds = "paper", "true,x4", "0.005", 10
     warnings.filterwarnings("ignore")
-    budgets = [1e17 * 2**k for k in range(args.max_doublings + 1)]
-    rows, ratios = [], []
-    covered = {"adaptive": [], "fixed": []}
+    scenarios = [(s, float(n), p) for s in args.surfaces.split(",")
+                 for n in args.noises.split(",") for p in args.priors.split(",")]
+    print(f"budgets {', '.join(f'{c:.0e}' for c in PAPER_BUDGETS)} FLOPs (C = 6ND, a multiply-add "
+          f"= 2 FLOPs); {args.seeds} seeds (common random numbers); RMSE of the fitted N_opt "
+          f"exponent a; {args.draws} bootstrap draws per fit for coverage", flush=True)
     t0 = time.time()
-    print(f"target: N_opt exponent 95% half-width <= {TARGET}; budgets 1e17 x 2^k FLOPs, "
-          f"k <= {args.max_doublings}; adaptive tolerance +-{args.tolerance:.0%}, "
-          f"<= {args.cap} trials per budget; fixed: 9 sizes x sqrt(2)", flush=True)
-    for surface in args.surfaces.split(","):
-        surf = SURFACES[surface]
-        truth = surf.exponents().a
-        opt = surf.optimum(1e18)
-        r = opt.d_opt / opt.n_opt * 0.25  # prior N = 2 x true N_opt at 1e18 FLOPs
-        base = parse_spec(study_spec("bench", surface, 0, budgets, r, args.tolerance, args.cap))
-        template = simulated_template(base)
-        catalogue = SizeCatalogue(base, template)
-        prior = heuristic_prior(r)
-        for seed in range(args.seeds):
-            spec = base.model_copy(update={"seed": seed})
-            ada = simulate_study(spec, template, prior, "adaptive", surf, 1, catalogue)
-            a_ci = ada.exponent("n_opt")
-            # Reached: the allocator stopped on its exponent interval and the final fit agrees.
-            a_ok = (bool(ada.decisions) and ada.decisions[-1].action == "stop"
-                    and a_ci is not None and half(a_ci[1:]) <= TARGET + 1e-9)
-            fixed_spec = spec.model_copy(update={"allocator": spec.allocator.model_copy(
-                update={"kind": "fixed"})})
-            fix = simulate_study(fixed_spec, template, prior, "fixed", surf, 1, fit=False)
-            f_flops, f_ci, f_budgets = fixed_until_target(fix, seed)
-            ratio = ada.flops / f_flops
-            ratios.append(ratio)
-            a_cov = a_ci is not None and a_ci[1] <= truth <= a_ci[2]
-            f_cov = f_ci is not None and f_ci[1] <= truth <= f_ci[2]
-            covered["adaptive"].append(a_cov)
-            covered["fixed"].append(f_cov)
-            n_budgets = len({t.budget for t in ada.trials})
-            rows.append((surface, seed, ada.flops, len(ada.trials), n_budgets, a_ci, a_ok, a_cov,
-                         f_flops, f_budgets, f_ci, f_cov, ratio))
-            reached = f"reached at {f_budgets} budgets" if f_budgets > 0 else "not reached"
-            print(f"  {surface} seed {seed}: adaptive {ada.flops:.3g} FLOPs ({len(ada.trials)} "
-                  f"trials, {n_budgets} budgets), fixed {f_flops:.3g} FLOPs ({reached}), "
-                  f"ratio {ratio:.3f}  [{time.time() - t0:.0f} s]", flush=True)
-    print()
-    head = ("surface", "seed", "adaptive FLOPs", "trials", "budgets", "a [95% interval]", "cov",
-            "fixed FLOPs", "budgets", "a [95% interval]", "cov", "adaptive/fixed")
-    table = [head]
-    def fmt(ci) -> str:
-        return "-" if ci is None else f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
-
-    for (s, seed, af, n, nb, aci, aok, acov, ff, fb, fci, fcov, ratio) in rows:
-        table.append((s, str(seed), f"{af:.3g}", str(n), str(nb),
-                      fmt(aci) + ("" if aok else " (not reached)"), "yes" if acov else "no",
-                      f"{ff:.3g}", str(fb) if fb > 0 else "all (not reached)", fmt(fci),
-                      "yes" if fcov else "no", f"{ratio:.3f}"))
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print()
-    for surface in args.surfaces.split(","):
-        sub = [r for r in rows if r[0] == surface]
-        median = statistics.median(r[12] for r in sub)
-        print(f"{surface}: median adaptive/fixed FLOPs {median:.3f}, coverage adaptive "
-              f"{sum(r[7] for r in sub)}/{len(sub)}, "
-              f"fixed {sum(r[11] for r in sub)}/{len(sub)}; true a = "
-              f"{SURFACES[surface].exponents().a:.4f}")
-    a_cov = sum(covered["adaptive"]) / len(rows)
-    f_cov = sum(covered["fixed"]) / len(rows)
-    print(f"adaptive/fixed FLOPs: {statistics.median(ratios):.3f} coverage: {a_cov:.2f} vs "
-          f"{f_cov:.2f}")
+    pool = Pool(args.workers) if args.workers > 1 else None
+    mapper = pool.map if pool else lambda f, xs: list(map(f, xs))
+    summary = []
+    head = ["design", "FLOPs", "RMSE a", "bias", "half-width", "coverage", "fitted"]
+    for surface, noise, prior in scenarios:
+        truth = SURFACES[surface].exponents().a
+        base = mapper(run_design, baselines(surface, noise, prior, args.seeds, args.draws))
+        lv = levels(base)
+        alloc = mapper(run_design, [(surface, noise, prior, f"allocator @ {f:.3g}", "adaptive",
+                                     {}, allocator_settings(f), args.seeds, args.draws)
+                                    for f in lv])
+        rows = []
+        for o in base + alloc:
+            s = o.stats(truth)
+            rows.append([o.name, f"{o.flops:.3g}", f"{s['rmse']:.4f}", f"{s['bias']:+.4f}",
+                         f"{s['half']:.4f}", f"{s['cover']:.2f}", f"{s['fitted']}/{args.seeds}"])
+        ratios = []
+        for f, o in zip(lv, alloc, strict=True):
+            cheaper = [b for b in base if b.flops <= f * LEVEL_MATCH]
+            best = min(cheaper, key=lambda b: b.stats(truth)["rmse"])
+            r = o.stats(truth)["rmse"] / best.stats(truth)["rmse"]
+            ratios.append((r, f, best.name))
+        worst = max(ratios)
+        summary.append({"surface": surface, "noise": noise, "prior": prior, "ratio": worst[0],
+                        "cover": min(o.stats(truth)["cover"] for o in alloc),
+                        "bias_share": max(abs(s["bias"]) / s["half"]
+                                          for s in (o.stats(truth) for o in alloc))})
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        print(f"\n{surface} surface (true a = {truth:.4f}), noise {noise:.1%}, prior {prior}  "
+              f"[{time.time() - t0:.0f} s]")
+        print(fmt_row(head, widths))
+        for r in rows:
+            print(fmt_row(r, widths))
+        for r, f, name in ratios:
+            print(f"  at {f:.3g} FLOPs: allocator RMSE / best baseline ({name}) = {r:.2f}")
+        sys.stdout.flush()
+    if pool:
+        pool.close()
+    print("\nscenario                           ratio  allocator coverage  |bias| / half-width")
+    for s in summary:
+        print(f"{s['surface']:10s} noise {s['noise']:.1%} prior {s['prior']:9s} {s['ratio']:6.2f}"
+              f"  {s['cover']:18.2f}  {s['bias_share']:.2f}")
+    true = [s["ratio"] for s in summary if s["prior"] == "true"]
+    wrong = [s["ratio"] for s in summary if s["prior"] != "true"]
+    r1 = f"{max(true):.2f}" if true else "-"
+    r2 = f"{max(wrong):.2f}" if wrong else "-"
+    print(f"allocator RMSE / best fixed RMSE: true prior {r1}, wrong prior {r2} (worst "
+          f"scenarios) coverage: min {min(s['cover'] for s in summary):.2f}")
     return 0
 
 

@@ -6,64 +6,70 @@ Pure logic (no Ray, no MLflow): the Ray Tune `AllocatorSearcher` (search/searche
 Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling/ladder.py):
 1. Open it with `initial_sizes` sizes spaced x`spacing` in N around a centre: the power law
    through the optima found so far once two budgets have one, else the prior N_opt(C).
-2. When all its trials are back (a "round"), refit its isoFLOP parabola with the fitting module
-   (`scaling.laws.isoflop.fit_budget`, the same bootstrap as the final fit) and either
-   - stop: its N_opt 95% interval is within +-tolerance, or its trial cap is reached, or no
-     unused ladder size is left where one is needed;
+2. When all its trials are back, refit its parabola in ln N (search/design.py) and
+   - stop: its N_opt 95% interval is within +-tolerance and its window centred (target "a"), or
+     its trial cap is reached;
    - extend: the minimum is at or beyond an edge (or the losses are not convex): add a size one
      step (x spacing) beyond that edge, two steps when the parabola points further;
-   - centre: the minimum is inside but off-centre (outside the middle third of the sampled
-     log N range): add one size beyond the near edge, mirroring the far edge, so the window is
-     centred again (off-centre windows bias the vertex, arXiv 2603.22339);
-   - refine: add one size on each side of the minimum at the interval's half-width (at least one
-     ladder step, at most half a spacing step), so the window narrows around the minimum.
-3. Budgets open in order of compute (allocator.order, ascending by default) whenever a trial
-   slot is free and nothing is queued, so with few slots later budgets start on the law, with
-   many they start at once.
-4. Once every budget is open, a free slot with nothing queued does not idle (allocator.speculate,
-   on by default): the costliest budget that is still refining, has a parabola and room under its
-   cap gets its next sizes decided now, on the results it has, while the rest of its round runs.
-   A budget refined round by round is a chain of trials one after another; without this its last
-   rounds leave most of a large cluster idle. The price is a few trials placed on fewer results.
-Study caps (`max_trials`, `max_flops` as the sum of trial budgets) stop new trials; with
-`exponent_tolerance` the study stops once the N_opt exponent's 95% interval is within +- that and
-3 budgets have optima; that interval is the study's final fit (`fit_laws` with the service's
-FitOptions) on the trials finished so far, so the stop and the logged laws agree.
-Every decision is a `Decision`, kept in order with the interval before it and, once the trials it
-added are back, after it. The state is plain data (`get_state`/`set_state`) for Tune's restore.
+   - otherwise it refines by the study-wide choice below.
+3. Budgets open in order of compute (allocator.order) whenever a trial slot is free and nothing is
+   queued, so every budget has a parabola before any is refined.
+4. A free slot with nothing queued then trains the (budget, size) that most reduces the expected
+   squared error of the spec's target per FLOP (`allocator.target`: the N_opt exponent a, or N_opt
+   at `target_budget`), under the parabolas fitted so far, with a window-bias term and sizes kept
+   near each vertex (search/design.py). Trials still running count in the design, so with
+   `speculate` (default) a budget's next size is chosen while its last ones run; without it, a
+   budget with trials out waits for them.
+Never the same size twice at a budget. Study caps (`max_trials`, `max_flops` as the sum of trial
+budgets) stop new trials. With target "a" and `exponent_tolerance`, the study stops once the N_opt
+exponent's 95% interval is within +- that and 3 budgets have optima; with target "n_opt", once
+N_opt(target_budget)'s 95% interval is within +-tolerance. Either interval is the study's final fit
+(`fit_laws` with the service's FitOptions) on the trials finished so far, so the stop and the
+logged laws agree. Every decision is a `Decision`, kept in order with the interval before it and,
+once the trials it added are back, after it. The state is plain data (`get_state`/`set_state`) for
+Tune's restore.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from scaling.flops import plan_trial
-from scaling.ladder import ladder
-from scaling.laws.bootstrap import resample
 from scaling.laws.fit import LawFitError, fit_laws
-from scaling.laws.isoflop import BudgetFit, fit_budget
-from scaling.laws.powerlaw import PowerLaw, fit_power_law
-from scaling.laws.result import FEW_SIZES, FitOptions
-from scaling.model import DiTConfig
+from scaling.laws.powerlaw import PowerLaw
+from scaling.laws.result import FitOptions
 from scaling.runs_table import RunPoint
-from scaling.surface import PAPER_N_COEFFICIENT, PAPER_N_EXPONENT
+from search import design
+from search.catalogue import (  # noqa: F401  (re-exported: the allocator's public names)
+    MIN_STEPS,
+    Prior,
+    SizeCatalogue,
+    heuristic_prior,
+    resolve_prior,
+)
+from search.design import (
+    Z95,
+    BudgetDesign,
+    Parabola,
+    choose,
+    fit_parabola,
+    shrink_curvatures,
+    target_sd,
+    target_weights,
+    vertex_terms,
+)
 from search.spec import StudySpec
 
 FINISHED = "FINISHED"  # what `suggest` returns when the study has nothing left to run
-MIN_STEPS = 10  # as search.grid: a trial shorter than this measures the warmup, not the model
-FIT_DRAWS = 1000  # bootstrap draws per decision, as the final fit
-FLOOR_SPACING = FitOptions().floor_spacing  # floor on an optimum's sd, x grid spacing
-SEED_NOISE = FitOptions().seed_noise  # relative loss sd added to budgets with few sizes
 MIN_OPTIMA_FOR_EXPONENT = 3
 LAW_EXPONENT_RANGE = (0.25, 0.9)  # a law through 2 close budgets can point anywhere: clamp it
-EDGE_RISE = 4.0  # refine where the loss rises this many noise sds above the minimum
-MIN_NOISE = 1e-3  # relative loss noise assumed at least (real runs: ~0.5%)
+PRIOR_NOISE = 0.005  # relative loss sd assumed before residuals say more (seed spread, ~0.5%)
+PRIOR_DOF = 4  # weight of that assumption, in residual degrees of freedom
+SCREEN = 1.5  # the final fit is run once the design's own interval is within this x the goal
 
 
 def human(n: float) -> str:
@@ -83,69 +89,6 @@ def half_width(interval: tuple[float, float] | None) -> float | None:
     if interval is None:
         return None
     return math.sqrt(interval[1] / interval[0]) - 1
-
-
-@dataclass(frozen=True)
-class Prior:
-    """A prior for the compute-optimal size: N_opt = coefficient * C^exponent (C in FLOPs)."""
-
-    coefficient: float
-    exponent: float
-    source: str
-
-    def __call__(self, budget: float) -> float:
-        return self.coefficient * budget**self.exponent
-
-
-def heuristic_prior(tokens_per_param: float) -> Prior:
-    """C = 6 N D with D = r N: N = sqrt(C / (6 r)) = (6 r)^-1/2 C^1/2."""
-    return Prior((6 * tokens_per_param) ** -0.5, 0.5,
-                 f"6ND heuristic with D = {tokens_per_param:g} N")
-
-
-def resolve_prior(spec: StudySpec,
-                  study_law: Callable[[str], PowerLaw] | None = None) -> Prior:
-    """The spec's prior; `study_law(name)` reads a fitted study's N_opt law (from MLflow)."""
-    a = spec.allocator
-    if a.prior == "paper":
-        return Prior(PAPER_N_COEFFICIENT, PAPER_N_EXPONENT, "the paper's law")
-    if a.prior == "explicit":
-        return Prior(a.prior_coefficient, a.prior_exponent, "the spec's explicit law")
-    if a.prior.startswith("study:"):
-        name = a.prior.split(":", 1)[1]
-        if study_law is None:
-            raise ValueError(f"allocator.prior = {a.prior!r} needs the study's laws from MLflow")
-        law = study_law(name)
-        return Prior(law.coefficient, law.exponent, f"study {name}'s fitted law")
-    return heuristic_prior(spec.model.tokens_per_param)
-
-
-class SizeCatalogue:
-    """The ladder's distinct shapes between model.min_params and model.max_params, by N, and
-    which of them a budget can train for at least MIN_STEPS steps."""
-
-    def __init__(self, spec: StudySpec, template: DiTConfig, extra_shapes=()):
-        self.spec, self.template = spec, template
-        shapes = ladder(template, spec.model.min_params, spec.model.max_params)
-        shapes += [s for s in dict.fromkeys(extra_shapes) if s not in shapes]
-        shapes.sort(key=self._count)
-        self.shapes = shapes
-        self.params = np.array([self._count(s) for s in shapes], dtype=np.int64)
-        self.log_n = np.log(self.params.astype(float))
-        self._usable: dict[float, np.ndarray] = {}
-
-    def _count(self, shape) -> int:
-        return plan_trial(replace(self.template, shape=shape), 1e30, 1).params
-
-    def usable(self, budget: float) -> np.ndarray:
-        """Indices of the sizes a budget can train (steps >= MIN_STEPS at the spec's batch)."""
-        if budget not in self._usable:
-            ok = [i for i, s in enumerate(self.shapes)
-                  if plan_trial(replace(self.template, shape=s), budget,
-                                self.spec.trainer.batch_size, self.spec.convention).steps
-                  >= MIN_STEPS]
-            self._usable[budget] = np.array(ok, dtype=np.int64)
-        return self._usable[budget]
 
 
 @dataclass
@@ -213,7 +156,7 @@ class Allocator:
         self.trials_issued = 0
         self.flops_issued = 0.0
         self.stopped: str | None = None
-        self._fits: dict[float, tuple[BudgetFit, np.ndarray | None] | None] = {}
+        self._fits: dict[float, Parabola | None] = {}
 
     # -- Tune-facing ----------------------------------------------------------------------------
     def suggest(self) -> Point | str | None:
@@ -233,13 +176,15 @@ class Allocator:
                 if waiting:
                     self._start(waiting[0])
                     continue
-                if self.a.speculate and self._speculate():
+                if self._refine():
                     continue
             if any(p.state == "running" for b in self.budgets.values()
                    for p in b.points.values()):
                 return None
-            for b in self._open():  # stopped with sizes still queued: close the budget
-                self._close(b, f"study stopped ({self.stopped})")
+            for b in self._open():  # nothing left to add, or stopped: close what is open
+                self._close(b, f"study stopped ({self.stopped})" if self.stopped else
+                            "no size left that would narrow the target: done")
+                self._record(b, "done", [], b.reason)
             return FINISHED
 
     def complete(self, key: str, loss: float | None) -> None:
@@ -252,7 +197,7 @@ class Allocator:
         self._fits.pop(b.compute, None)
         if b.status == "open" and not b.busy:
             self._decide(b)
-        self._check_exponent()
+        self._check_target()
 
     def trial_of(self, key: str) -> tuple[float, Point]:
         b, p = self._find(key)
@@ -322,15 +267,29 @@ class Allocator:
                 if p.state == "finished"]
 
     def law(self) -> PowerLaw | None:
-        """The N_opt power law through the budgets with an optimum so far (bootstrap draws)."""
-        kept = [(c, fit, draws) for c in self.budgets
-                if (f := self._fit(c)) is not None and (fit := f[0]) and not fit.refused
-                and (draws := f[1]) is not None]
+        """The N_opt power law through the budgets with an optimum so far: the least-squares line
+        of log N_opt on log C (no intervals; `final_law` has the service's)."""
+        kept = [(c, f.vertex) for c in self.budgets if (f := self._fit(c)) is not None and f.inside]
         if len(kept) < 2:
             return None
-        compute = np.array([c for c, _, _ in kept])
-        return fit_power_law(compute, np.log10([f.n_opt for _, f, _ in kept]),
-                             np.stack([d for _, _, d in kept], 1))
+        slope, intercept = np.polyfit(np.log([c for c, _ in kept]), [x for _, x in kept], 1)
+        return PowerLaw(float(math.exp(intercept)), float(slope), budgets=len(kept))
+
+    def noise(self) -> float:
+        """Relative sd of a loss: the parabolas' residuals pooled with PRIOR_DOF degrees of
+        freedom of the assumed seed spread (the simulated trainer's noise when simulated)."""
+        s0 = self.spec.trainer.noise if self.spec.simulated else PRIOR_NOISE
+        ss, dof = PRIOR_DOF * max(s0, 1e-4) ** 2, PRIOR_DOF
+        for c in self.budgets:
+            f = self._fit(c)
+            if f is not None and f.dof > 0:
+                ss, dof = ss + f.residual, dof + f.dof
+        return math.sqrt(ss / dof)
+
+    def target_text(self) -> str:
+        if self.a.target == "a":
+            return "the N_opt exponent a"
+        return f"N_opt at {flops_text(self.a.target_budget)} FLOPs"
 
     # -- internals --------------------------------------------------------------------------------
     def _open(self) -> list[Budget]:
@@ -437,7 +396,7 @@ class Allocator:
 
     def _has_optimum(self, c: float) -> bool:
         f = self._fit(c)
-        return f is not None and not f[0].refused
+        return f is not None and f.inside
 
     def _start(self, b: Budget) -> None:
         b.status = "open"
@@ -458,42 +417,46 @@ class Allocator:
         sizes = self._propose(b, sorted(taken, key=lambda i: self.catalogue.params[i]))
         self._record(b, "open", sizes, f"starting with {_sizes(sizes)} {why}")
 
-    def _fit(self, c: float) -> tuple[BudgetFit, np.ndarray | None] | None:
-        """This budget's parabola and log10 N_opt draws, cached until its points change."""
-        if c in self._fits:
-            return self._fits[c]
-        pts = sorted((p for p in self.budgets[c].points.values() if p.state == "finished"),
-                     key=lambda p: p.params)
-        out = None
-        if len({p.params for p in pts}) >= 3:
-            params = np.array([p.params for p in pts], dtype=float)
-            losses = np.array([p.loss for p in pts])
-            seed = zlib.crc32(f"{self.spec.seed}:{c:.6g}:{len(pts)}".encode())
-            rng = np.random.default_rng(seed)
-            # As the final fit (fit_laws' default FitOptions): with fewer than FEW_SIZES sizes,
-            # resampling runs cannot spread the optimum, so the draws add seed noise.
-            sigma = SEED_NOISE if len({p.params for p in pts}) < FEW_SIZES else 0.0
-            draws = resample([np.arange(params.size)], params, losses, FIT_DRAWS, rng, sigma)
-            fit, bd = fit_budget(c, params, c / (6 * params), losses,
-                                 np.full(params.size, np.nan), draws.counts, draws.losses, rng,
-                                 FLOOR_SPACING)
-            out = (fit, None if bd is None else bd.log_n)
-        self._fits[c] = out
-        return out
+    def _fit(self, c: float) -> Parabola | None:
+        """This budget's parabola in ln N over its finished trials, cached until they change."""
+        if c not in self._fits:
+            pts = [p for p in self.budgets[c].points.values() if p.state == "finished"]
+            self._fits[c] = fit_parabola(np.log([float(p.params) for p in pts]),
+                                         np.array([p.loss for p in pts])) if pts else None
+        return self._fits[c]
+
+    def _interval(self, b: Budget, fit: Parabola, curvature: float | None = None
+                  ) -> tuple[float, float]:
+        """N_opt's 95% interval (parameters) from the finished trials' design (delta method)."""
+        x = np.log([float(p.params) for p in b.points.values() if p.state == "finished"])
+        var = vertex_terms(x - fit.vertex)[0][0]
+        c2 = curvature or fit.curvature
+        sd = math.sqrt(var) * self.noise() * fit.loss_opt / (2 * c2)
+        sd = min(sd, 10.0)  # an interval past e^+-20 says only "unknown"
+        return math.exp(fit.vertex - Z95 * sd), math.exp(fit.vertex + Z95 * sd)
+
+    def _budget_done(self, b: Budget, fit: Parabola | None) -> bool:
+        """Target "a": the budget's N_opt is within +-tolerance on a centred window."""
+        if self.a.target != "a" or fit is None or not fit.inside or b.interval is None:
+            return False
+        return half_width(b.interval) <= self.tolerance and fit.centred
 
     def _decide(self, b: Budget) -> None:
-        """A budget's round is back: stop it, or queue the sizes that narrow its optimum."""
-        fitted = self._fit(b.compute)
-        fit = fitted[0] if fitted else None
+        """A budget's trials are all back: close it, extend it, or leave it to `_refine`."""
+        fit = self._fit(b.compute)
         tried = len(b.points)
-        if fit is not None and not fit.refused:
-            b.n_opt, b.interval = fit.n_opt, tuple(fit.n_opt_ci)
+        if fit is not None and fit.inside:
+            b.n_opt, b.interval = math.exp(fit.vertex), self._interval(b, fit)
+        if b.last_decision is not None and b.interval is not None:
+            last = self.decisions[b.last_decision]
+            if last.action != "done":  # every size it added is back
+                last.interval_after = list(b.interval)
         if self.stopped is not None:
             self._close(b, f"study stopped ({self.stopped})")
             return
         cap = b.cap or self.a.max_trials_per_budget
-        h = half_width(b.interval) if fit is not None and not fit.refused else None
-        if h is not None and h <= self.tolerance and fit.centred:
+        h = half_width(b.interval) if fit is not None and fit.inside else None
+        if self._budget_done(b, fit):
             self._close(b, f"N_opt {human(b.n_opt)}, interval +-{h:.0%} <= {self.tolerance:.0%} "
                            f"after {tried} trials: done")
             self._record(b, "done", [], b.reason)
@@ -504,46 +467,18 @@ class Allocator:
             self._close(b, f"trial cap {cap} reached ({state}): done")
             self._record(b, "done", [], b.reason)
             return
-        action, indices, reason = self._next_sizes(b, fit, h)
-        indices = indices[: cap - tried]
-        sizes = self._propose(b, indices)
+        if fit is not None and fit.inside:
+            return  # refined by the study-wide choice (`_refine`)
+        action, indices, reason = self._bracket(b, fit)
+        sizes = self._propose(b, indices[: cap - tried])
         if not sizes:
             self._close(b, f"{reason}, but no unused ladder size is left there: done")
             self._record(b, "done", [], b.reason)
             return
         self._record(b, action, sizes, f"{reason}: adding {_sizes(sizes)}")
 
-    def _speculate(self) -> bool:
-        """A trial slot is free, no size is queued and every budget is open: rather than idle,
-        queue the next sizes of the costliest budget still refining, decided on the results it
-        has while its round runs. True when something was queued."""
-        for b in sorted(self._open(), key=lambda b: -b.compute):
-            running = b.count("running")
-            cap = b.cap or self.a.max_trials_per_budget
-            if not running or b.queue or len(b.points) >= cap:
-                continue
-            fitted = self._fit(b.compute)
-            if fitted is None:  # its first round is still out: nothing to decide on yet
-                continue
-            fit = fitted[0]
-            h = None
-            if not fit.refused:
-                b.n_opt, b.interval = fit.n_opt, tuple(fit.n_opt_ci)
-                h = half_width(b.interval)
-                if h <= self.tolerance and fit.centred:
-                    continue  # done once its running trials are back
-            action, indices, reason = self._next_sizes(b, fit, h)
-            sizes = self._propose(b, indices[: cap - len(b.points)])
-            if sizes:
-                self._record(b, action, sizes, f"{reason}: adding {_sizes(sizes)} ahead of "
-                             f"{running} running trial{'s' * (running > 1)} (a slot is free)",
-                             running)
-                return True
-        return False
-
-    def _next_sizes(self, b: Budget, fit: BudgetFit | None,
-                    h: float | None) -> tuple[str, list[int], str]:
-        cat = self.catalogue
+    def _bracket(self, b: Budget, fit: Parabola | None) -> tuple[str, list[int], str]:
+        """Sizes that bring a budget's minimum inside its window (or replace failed trials)."""
         step = math.log(self.a.spacing)
         finished = [p for p in b.points.values() if p.state == "finished"]
         if fit is None:  # fewer than 3 distinct sizes came back (failures)
@@ -555,74 +490,148 @@ class Allocator:
                     taken.add(i)
             return "retry", sorted(taken), (f"only {len(finished)} of {len(b.points)} trials "
                                             "finished, a parabola needs 3 sizes")
-        x = np.log(np.array(fit.params))
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = fit.lo, fit.hi
         window = f"[{human(math.exp(lo))}, {human(math.exp(hi))}]"
-        if fit.refused:
-            c0, c1, c2 = fit.parabola
-            if c2 > 0:
-                vertex = -c1 / (2 * c2) * math.log(10)  # the parabola is in log10 N
-                up = vertex > hi
-                beyond = (vertex - hi) if up else (lo - vertex)
-                dist = step * (2 if beyond > 1.5 * step else 1)
-                target = hi + dist if up else lo - dist
-                side = "upper" if up else "lower"
-                why = (f"minimum beyond the {side} edge of {window} (parabola's minimum at "
-                       f"~{human(math.exp(vertex))})")
-            else:
-                best = math.log(min(finished, key=lambda p: p.loss).params)
-                if best in (lo, hi):
-                    up = best == hi
-                    target = hi + step if up else lo - step
-                    why = (f"no minimum in {window} (losses not convex in log N), lowest loss "
-                           f"at the {'upper' if up else 'lower'} edge")
-                else:
-                    below = self._nearest_free(b, lo - step, -1, lo)
-                    above = self._nearest_free(b, hi + step, +1, hi)
-                    return "extend", [i for i in (below, above) if i is not None], (
-                        f"no minimum in {window} (losses not convex in log N): widening")
-            i = self._nearest_free(b, target, 1 if target > hi else -1, hi if target > hi else lo)
-            return "extend", [] if i is None else [i], why
-        vertex = math.log(fit.n_opt)
-        interval = f"+-{h:.0%}"
-        if not fit.centred:  # mirror the far edge across the vertex, at most one step out
-            up = vertex - lo > hi - vertex
-            target = (min(2 * vertex - lo, hi + step) if up else max(2 * vertex - hi, lo - step))
-            i = self._nearest_free(b, target, 1 if up else -1, hi if up else lo)
-            return "centre", [] if i is None else [i], (
-                f"minimum {human(fit.n_opt)} inside {window} but off-centre, interval {interval}")
-        # Refine at the edges of the signal window: the half-width W in log N where the parabola
-        # rises EDGE_RISE noise sds above its minimum. Closer sizes cannot see the curvature
-        # through the noise; wider ones bias the vertex (the isoFLOP curve is not a parabola).
-        c2_ln = fit.parabola[2] / math.log(10) ** 2
-        sigma = max(self.spec.trainer.noise, MIN_NOISE) * fit.loss_opt
-        width = math.sqrt(EDGE_RISE * sigma / c2_ln)
-        gaps = np.diff(cat.log_n)
-        near = int(np.clip(np.searchsorted(cat.log_n, vertex), 1, max(1, gaps.size)))
-        ladder_step = float(gaps[near - 1]) if gaps.size else 0.0
-        width = min(max(width, ladder_step), 2 * step)
-        below = self._nearest_free(b, vertex - width, -1, vertex)
-        above = self._nearest_free(b, vertex + width, +1, vertex)
-        return "refine", [i for i in (below, above) if i is not None], (
-            f"minimum inside {window}, interval {interval} > {self.tolerance:.0%}")
+        if fit.curvature > 0:
+            up = fit.vertex > hi
+            beyond = (fit.vertex - hi) if up else (lo - fit.vertex)
+            dist = step * (2 if beyond > 1.5 * step else 1)
+            target = hi + dist if up else lo - dist
+            why = (f"minimum beyond the {'upper' if up else 'lower'} edge of {window} "
+                   f"(parabola's minimum at ~{human(math.exp(fit.vertex))})")
+        else:
+            best = math.log(min(finished, key=lambda p: p.loss).params)
+            if best not in (lo, hi):
+                below = self._nearest_free(b, lo - step, -1, lo)
+                above = self._nearest_free(b, hi + step, +1, hi)
+                return "extend", [i for i in (below, above) if i is not None], (
+                    f"no minimum in {window} (losses not convex in log N): widening")
+            up = best == hi
+            target = hi + step if up else lo - step
+            why = (f"no minimum in {window} (losses not convex in log N), lowest loss at the "
+                   f"{'upper' if up else 'lower'} edge")
+        i = self._nearest_free(b, target, 1 if target > hi else -1, hi if target > hi else lo)
+        return "extend", [] if i is None else [i], why
 
-    def _check_exponent(self) -> None:
-        tol = self.a.exponent_tolerance
-        if not tol or self.stopped is not None:
+    def _line(self) -> list[Budget]:
+        """The budgets the N_opt law will rest on: all but the skipped."""
+        return [b for b in self.budgets.values() if b.status != "skipped"]
+
+    def _designs(self, eligible: list[Budget]) -> tuple[list[BudgetDesign], list[Budget],
+                                                         list[np.ndarray]]:
+        """The criterion's view of every budget with an optimum; `eligible` ones get
+        candidates (free sizes within MAX_WINDOW of the vertex)."""
+        line = self._line()
+        weights = dict(zip([b.compute for b in line], target_weights(
+            np.log([b.compute for b in line]), self.a.target,
+            None if self.a.target_budget is None else math.log(self.a.target_budget)),
+            strict=True))
+        with_fit = [(b, f) for b in line if (f := self._fit(b.compute)) is not None and f.inside]
+        sigma = self.noise()
+        curvatures = shrink_curvatures([f for _, f in with_fit], sigma)
+        centres = self._centres([b.compute for b, _ in with_fit], [f.vertex for _, f in with_fit])
+        designs, budgets, indices = [], [], []
+        for (b, f), c2, centre in zip(with_fit, curvatures, centres, strict=True):
+            x = np.log([float(p.params) for p in b.points.values() if p.state != "failed"])
+            free = self._free(b) if b in eligible else np.zeros(0, dtype=np.int64)
+            free = free[np.abs(self.catalogue.log_n[free] - centre) <= design.MAX_WINDOW]
+            designs.append(BudgetDesign(b.compute, weights[b.compute], x, centre, c2,
+                                        sigma * f.loss_opt, self.catalogue.log_n[free]))
+            budgets.append(b)
+            indices.append(free)
+        return designs, budgets, indices
+
+    @staticmethod
+    def _centres(compute: list[float], vertices: list[float]) -> list[float]:
+        """Where each budget's design is centred (ln N): on the least-squares line through the
+        vertices once 3 budgets have one (a budget's own vertex from a few noisy runs moves more
+        than the law does, and a window off-centre on the true minimum biases it), else on its
+        own vertex."""
+        if len(compute) < MIN_OPTIMA_FOR_EXPONENT:
+            return list(vertices)
+        c = np.log(compute)
+        slope, intercept = np.polyfit(c, vertices, 1)
+        return [float(intercept + slope * x) for x in c]
+
+    def _refine(self) -> bool:
+        """A slot is free and nothing is queued: queue the size that most reduces the target's
+        expected squared error per FLOP. True when something was queued."""
+        def eligible(b: Budget) -> bool:
+            fit = self._fit(b.compute)
+            if fit is None or not fit.inside or b.queue:
+                return False
+            if len(b.points) >= (b.cap or self.a.max_trials_per_budget):
+                return False
+            if b.busy and not self.a.speculate:
+                return False
+            if self.a.max_flops and self.flops_issued + b.compute > self.a.max_flops * (1 + 1e-9):
+                return False  # what is left of the FLOPs cap buys cheaper budgets' trials
+            return not (b.busy and self._budget_done(b, fit))
+
+        ready = [b for b in self._open() if eligible(b)]
+        if not ready:
+            return False
+        designs, budgets, indices = self._designs(ready)
+        choice = choose(designs)
+        if choice is None:
+            for b in ready:
+                if not b.busy:
+                    self._close(b, "no unused ladder size near its minimum would narrow "
+                                   f"{self.target_text()}: done")
+                    self._record(b, "done", [], b.reason)
+            return False
+        b = budgets[choice.budget]
+        fit = self._fit(b.compute)
+        b.n_opt, b.interval = math.exp(fit.vertex), self._interval(b, fit)
+        sizes = self._propose(b, [int(indices[choice.budget][choice.candidate])])
+        running = b.count("running")
+        unit = "" if self.a.target == "a" else " (relative)"
+        ahead = (f" ahead of {running} running trial{'s' * (running > 1)} (a slot is free)"
+                 if running else "")
+        self._record(b, "refine", sizes, (
+            f"minimum {human(b.n_opt)} inside [{human(math.exp(fit.lo))}, "
+            f"{human(math.exp(fit.hi))}], interval +-{half_width(b.interval):.0%}: adding "
+            f"{_sizes(sizes)}{ahead}, the most reduction per FLOP of {self.target_text()}'s "
+            f"expected error{unit} ({choice.sd_before:.3g} -> {choice.sd_after:.3g}) of "
+            f"{choice.candidates} candidates"), running)
+        return True
+
+    def _check_target(self) -> None:
+        """Stop the study once the target is known well enough (see the module docstring)."""
+        if self.stopped is not None:
             return
-        if sum(self._has_optimum(c) for c in self.budgets) < MIN_OPTIMA_FOR_EXPONENT:
+        if self.a.target == "a":
+            tol = self.a.exponent_tolerance
+        else:
+            tol = self.tolerance
+        if not tol:
             return
-        law = self.law()  # cheap screen; the stop itself is decided on the final fit's interval
-        lo, hi = law.exponent_ci
-        if (hi - lo) / 2 > 1.5 * tol:
+        optima = sum(self._has_optimum(c) for c in self.budgets)
+        if optima < MIN_OPTIMA_FOR_EXPONENT or optima < len(self._line()):
+            return
+        designs, _, _ = self._designs([])
+        sd = target_sd(designs)
+        goal = tol if self.a.target == "a" else math.log1p(tol)
+        if Z95 * sd > SCREEN * goal:  # cheap screen; the stop is decided on the final fit
             return
         law = self.final_law()
         if law is None or law.exponent_ci is None:
             return
-        lo, hi = law.exponent_ci
-        if (hi - lo) / 2 <= tol:
-            self._stop(f"N_opt exponent {law.exponent:.4f} [{lo:.4f}, {hi:.4f}] is within "
-                       f"+-{tol:g} from {law.budgets} budgets")
+        if self.a.target == "a":
+            lo, hi = law.exponent_ci
+            if (hi - lo) / 2 <= tol:
+                self._stop(f"N_opt exponent {law.exponent:.4f} [{lo:.4f}, {hi:.4f}] is within "
+                           f"+-{tol:g} from {law.budgets} budgets")
+            return
+        c = self.a.target_budget
+        interval = law.interval(c)
+        if interval is None:
+            return
+        lo, hi = (float(v) for v in interval)
+        if half_width((lo, hi)) <= tol:
+            self._stop(f"N_opt at {flops_text(c)} FLOPs {human(float(law(c)))} "
+                       f"[{human(lo)}, {human(hi)}] is within +-{tol:.0%} from {law.budgets} "
+                       "budgets")
 
     def final_law(self) -> PowerLaw | None:
         """The N_opt law the study's final fit (`fit_laws`, the service's FitOptions) would give on

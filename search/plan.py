@@ -27,6 +27,9 @@ from search.grid import TrialSpec, fixed_grid, trial_config
 from search.simulated import SimContext
 from search.spec import StudySpec
 
+STRATEGIES = ("adaptive", "fixed", "two_round")
+FIRST_ROUND = (5, 2.0)  # two_round: sizes per budget and their spacing (x in N) around the prior
+SECOND_ROUND = (3, math.sqrt(2))  # ... then around each budget's lowest observed loss
 EXPONENTS = (("n_opt", "N_opt exponent a"), ("d_opt", "D_opt exponent b"),
              ("loss", "loss exponent"))
 
@@ -60,7 +63,7 @@ class SimTrial:
 class StudySimulation:
     """One simulated study: its trials, what they cost and the laws fitted on them."""
 
-    strategy: str  # "adaptive" or "fixed"
+    strategy: str  # "adaptive", "fixed" or "two_round"
     trials: list[SimTrial]
     gpu_flops: float  # FLOPs per second per GPU
     fit: LawFit | None
@@ -103,6 +106,9 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                    draws: int = 1000, gpus: int = 0) -> StudySimulation:
     """Run the study's trials against `surface` on a virtual clock with `concurrency` slots.
 
+    strategy: "adaptive" (the allocator), "fixed" (the spec's [model] grid around the prior) or
+    "two_round" (FIRST_ROUND sizes around the prior, then `refine_round` once all are back).
+
     With `gpus` > 0 the slots are GPUs instead, as the service schedules on a GPU cluster: up to
     `concurrency` trials are proposed at once, each starts when the GPUs its size asks for
     (resources.gpus_per_trial) are free, and waits otherwise (trials that fit may pass it)."""
@@ -110,14 +116,21 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                      spec.resources.gpu_peak_flops * spec.resources.mfu)
     sim_spec = spec if spec.simulated else spec.model_copy(
         update={"trainer": spec.trainer.model_copy(update={"kind": "simulated"})})
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     allocator = None
+    centre = None if prior.source.startswith("6ND") else prior
     if strategy == "adaptive":
         allocator = Allocator(sim_spec, catalogue or SizeCatalogue(sim_spec, template), prior,
                               out)
         pending: list[TrialSpec] = []
+    elif strategy == "two_round":
+        pending = fixed_grid(sim_spec.model_copy(update={"model": sim_spec.model.model_copy(
+            update={"sizes": None, "sizes_per_budget": FIRST_ROUND[0],
+                    "size_spacing": FIRST_ROUND[1]})}), template, centre=centre)
     else:
-        pending = fixed_grid(sim_spec, template, centre=None if prior.source.startswith("6ND")
-                             else prior)
+        pending = fixed_grid(sim_spec, template, centre=centre)
+    second_round = strategy == "two_round"
     clock, seq, free = 0.0, 0, gpus
     running: list[tuple[float, int, dict, float]] = []
     waiting: list[dict] = []  # proposed, waiting for their GPUs
@@ -150,6 +163,12 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                                    int(config["params"]), int(config["tokens"]),
                                    float(config["flops"]), loss, int(config["gpus"]), clock, end))
         if not running:
+            if second_round and not waiting:
+                second_round = False
+                pending = refine_round(sim_spec, catalogue or SizeCatalogue(sim_spec, template),
+                                       trials)
+                if pending:
+                    continue
             break
         clock, _, config, loss = heapq.heappop(running)
         free += int(config["gpus"]) if gpus else 0
@@ -169,6 +188,28 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
             error = str(err)
     return StudySimulation(strategy, trials, ctx.gpu_flops, law, error,
                            list(allocator.decisions) if allocator else [], gpus)
+
+
+def refine_round(spec: StudySpec, catalogue: SizeCatalogue, trials: list[SimTrial]
+                 ) -> list[TrialSpec]:
+    """The two-round grid's second round: per budget, SECOND_ROUND[0] sizes spaced
+    x SECOND_ROUND[1] in N around the size with the lowest observed loss, each the nearest ladder
+    size the budget has not trained yet (so the centre one sits next to that minimum)."""
+    out = []
+    k, spacing = SECOND_ROUND
+    for budget in sorted({t.budget for t in trials}):
+        done = [t for t in trials if t.budget == budget]
+        best = min(done, key=lambda t: t.loss)
+        used = {t.params for t in done}
+        usable = [int(i) for i in catalogue.usable(budget) if int(catalogue.params[i]) not in used]
+        for j in range(k):
+            if not usable:
+                break
+            target = math.log(best.params) + math.log(spacing) * (j - (k - 1) / 2)
+            i = min(usable, key=lambda i: abs(catalogue.log_n[i] - target))
+            usable.remove(i)
+            out.append(TrialSpec(budget, catalogue.shapes[i], int(catalogue.params[i])))
+    return out
 
 
 def true_exponents(surface: LossSurface, budgets: list[float]) -> dict[str, float]:
@@ -234,7 +275,8 @@ class PlanReport:
                 f"sizes x{s.model.size_spacing:g} around the same prior"]
         names = list(self.runs)
         sums = {n: self.summary(n) for n in names}
-        rows = [("", *[{"adaptive": "adaptive allocator", "fixed": "fixed grid"}[n]
+        rows = [("", *[{"adaptive": "adaptive allocator", "fixed": "fixed grid",
+                         "two_round": "two-round grid"}[n]
                        for n in names])]
         rows.append(("trials (median, range)", *[
             f"{sums[n]['trials_median']:g} ({sums[n]['trials_range'][0]}-"

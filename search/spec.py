@@ -274,6 +274,10 @@ class AllocatorSpec(_Frozen):
     decided on the results it has while the rest of its round runs (shorter makespan, a few trials
     placed on less information); off, each budget waits for its whole round.
     The fixed grid is centred on the same prior when one other than "none" is given.
+    Each next (budget, size) is the one that most reduces the expected variance of `target` per
+    FLOP: "a" (default), the N_opt exponent, or "n_opt", N_opt at `target_budget` FLOPs (the
+    budget being sized); with "n_opt" the study stops once N_opt(target_budget) is known to
+    +-`tolerance` (relative), and budgets are no longer stopped one by one.
     """
 
     kind: Literal["fixed", "adaptive"] = "fixed"
@@ -289,9 +293,14 @@ class AllocatorSpec(_Frozen):
     prior: str = Field("none", pattern=r"^(none|paper|explicit|study:[A-Za-z0-9][A-Za-z0-9_.-]*)$")
     prior_coefficient: Annotated[float, _positive("parameters per FLOP^exponent")] | None = None
     prior_exponent: float | None = Field(None, gt=0, lt=1.5)
+    target: Literal["a", "n_opt"] = "a"
+    target_budget: Flops | None = None
 
     @model_validator(mode="after")
     def _explicit(self) -> AllocatorSpec:
+        if (self.target == "n_opt") != (self.target_budget is not None):
+            raise ValueError("target = 'n_opt' needs target_budget (FLOPs) and target_budget is "
+                             f"only read with target = 'n_opt' (target is {self.target!r})")
         explicit = (self.prior_coefficient, self.prior_exponent)
         if self.prior == "explicit" and None in explicit:
             raise ValueError("prior = 'explicit' needs prior_coefficient and prior_exponent "

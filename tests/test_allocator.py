@@ -15,6 +15,7 @@ from search.allocator import (
     heuristic_prior,
     resolve_prior,
 )
+from search.design import MAX_WINDOW, BudgetDesign, choose, target_weights
 from search.plan import simulated_template
 from search.spec import parse_spec
 
@@ -92,72 +93,139 @@ def test_an_edge_minimum_extends_outward(catalogue):
     assert nxt.params == decision.sizes[0]
 
 
-def test_an_interior_minimum_refines_inward_on_both_sides(catalogue):
-    lines = []
-    a = allocator(catalogue, lines, spacing=3.0, tolerance=0.01)
-    first = [a.suggest() for _ in range(3)]
-    params = sorted(p.params for p in first)
-    n_opt = params[1] * 1.1
-    noise = iter([1.002, 0.997, 1.003])
+def open_both(a: Allocator, n_opt_ratio: float = 1.1) -> dict[float, list]:
+    """Run both budgets' first rounds (3 sizes each) back with a clean interior minimum near the
+    middle size; returns their trials by budget."""
+    first = issue_all(a)
+    assert [a.trial_of(p.key)[0] for p in first] == [1e17] * 3 + [1e18] * 3
+    by_budget: dict[float, list] = {}
     for p in first:
-        a.complete(p.key, loss_at(p.params, n_opt) * next(noise))
+        by_budget.setdefault(a.trial_of(p.key)[0], []).append(p)
+    noise = iter([1.002, 0.997, 1.003] * 2)
+    for points in by_budget.values():
+        n_opt = sorted(p.params for p in points)[1] * n_opt_ratio
+        for p in points:
+            a.complete(p.key, loss_at(p.params, n_opt) * next(noise))
+    return by_budget
+
+
+def test_once_every_budget_has_a_minimum_it_refines_where_the_target_gains_most_per_flop(
+        catalogue):
+    lines = []
+    a = allocator(catalogue, lines, spacing=3.0, tolerance=0.01, speculate=False)
+    # Nothing runs, every budget has its first round: the free slot is refined.
+    rounds = open_both(a)
+    p = a.suggest()
     d = a.decisions[-1]
-    assert d.action == "refine", lines[-1]
-    assert len(d.sizes) == 2
-    low, high = sorted(d.sizes)
-    assert params[0] < low < n_opt < high < params[-1]  # inside the window, one either side
+    assert d.action == "refine" and d.sizes == [p.params], lines[-1]
+    # Both parabolas have the same shape and weigh alike on the exponent (two budgets: +-h), so
+    # the 10x cheaper budget gives 10x the information per FLOP.
+    assert a.trial_of(p.key)[0] == 1e17
+    assert "the most reduction per FLOP of the N_opt exponent a's expected error" in lines[-1]
+    assert p.key not in {q.key for q in rounds[1e17]}
     assert d.interval_before is not None and half_width(d.interval_before) > 0.01
-    assert lines[-1].startswith("1e17: minimum inside [") and "> 1%: adding" in lines[-1]
-    # Once those come back, the refine decision learns the interval after it.
-    for p in issue_all(a)[:2]:
-        a.complete(p.key, loss_at(p.params, n_opt))
+    # Without speculation the budget with a trial out waits; the other one is refined next.
+    q = a.suggest()
+    assert a.trial_of(q.key)[0] == 1e18 and a.suggest() is None
+    # Once its size is back, the refine decision learns the interval after it.
+    a.complete(p.key, loss_at(p.params, sorted(x.params for x in rounds[1e17])[1] * 1.1))
     assert a.decisions[a.decisions.index(d)].interval_after is not None
-
-
-def refining(a: Allocator) -> tuple[list, list]:
-    """Drive `a` to: 1e17's first round back, its refine round running, 1e18's first round
-    running; returns (1e17's trials, 1e18's)."""
-    first = [a.suggest() for _ in range(3)]
-    n_opt = sorted(p.params for p in first)[1] * 1.1
-    for p, noise in zip(first, (1.002, 0.997, 1.003), strict=True):
-        a.complete(p.key, loss_at(p.params, n_opt) * noise)
-    low = first + [a.suggest() for _ in range(2)]  # the refine round
-    high = [a.suggest() for _ in range(3)]  # nothing queued: 1e18 opens
-    assert [a.trial_of(p.key)[0] for p in low + high] == [1e17] * 5 + [1e18] * 3
-    return low, high
 
 
 def test_a_free_slot_runs_ahead_on_a_budget_still_refining(catalogue):
     lines = []
     a = allocator(catalogue, lines, spacing=3.0, tolerance=0.01, max_trials_per_budget=9)
-    low, _ = refining(a)
-    # Every budget is open and waiting for results: rather than idle the slot, the allocator
-    # decides 1e17's next sizes on the 3 results it has (1e18 has none yet).
-    ahead = a.suggest()
-    assert ahead not in (None, FINISHED) and a.trial_of(ahead.key)[0] == 1e17
-    assert ahead.key not in {p.key for p in low}
-    d = a.decisions[-1]
-    assert d.running == 2 and d.action == "refine" and ahead.params in d.sizes
-    assert "ahead of 2 running trials (a slot is free)" in lines[-1]
+    rounds = open_both(a)
+    # Trials issued but not back count in the design: the slots fill with distinct sizes, each
+    # chosen knowing where the running ones are.
+    ahead = [a.suggest() for _ in range(4)]
+    assert all(p not in (None, FINISHED) for p in ahead)
+    later = [d for d in a.decisions[-4:] if d.running]
+    assert later and all(d.action == "refine" for d in a.decisions[-4:])
+    assert any("running trial" in line and "(a slot is free)" in line for line in lines[-3:])
     more = issue_all(a)
-    keys = [p.key for p in low + [ahead] + more if a.trial_of(p.key)[0] == 1e17]
-    assert len(keys) == len(set(keys)) <= 9  # never a size twice, never past the cap
-    assert not a.budgets[1e17].queue
-    # The budget's results come back in any order and it still decides and closes.
-    while (running := [k for k, p in a.budgets[1e17].points.items() if p.state == "running"]):
-        p = a.budgets[1e17].points[running[-1]]
-        a.complete(p.key, loss_at(p.params, 1e6))
+    for budget in (1e17, 1e18):
+        keys = [p.key for p in rounds[budget] + ahead + more if a.trial_of(p.key)[0] == budget]
+        assert len(keys) == len(set(keys)) <= 9  # never a size twice, never past the cap
+        assert not a.budgets[budget].queue
+    # The results come back in any order and every budget still decides and closes.
+    while (running := [(c, k) for c, b in a.budgets.items() for k, p in b.points.items()
+                       if p.state == "running"]):
+        c, key = running[-1]
+        p = a.budgets[c].points[key]
+        a.complete(p.key, loss_at(p.params, PRIOR(c)))
         issue_all(a)
-    assert a.budgets[1e17].status == "done"
+    assert all(b.status == "done" for b in a.budgets.values())
 
 
-def test_without_speculation_or_room_under_the_cap_a_free_slot_waits(catalogue):
-    waits = allocator(catalogue, spacing=3.0, tolerance=0.01, speculate=False)
-    refining(waits)
-    assert waits.suggest() is None
-    full = allocator(catalogue, spacing=3.0, tolerance=0.01, max_trials_per_budget=5)
-    refining(full)  # 1e17 holds 5 trials: its cap
-    assert full.suggest() is None
+def test_without_room_under_the_cap_a_free_slot_waits(catalogue):
+    full = allocator(catalogue, spacing=3.0, tolerance=0.01, max_trials_per_budget=3)
+    open_both(full)  # both budgets hold 3 trials: their cap
+    assert full.suggest() == FINISHED
+    assert all(b.status == "done" and "trial cap 3" in b.reason for b in full.budgets.values())
+
+
+def test_the_criterion_prefers_the_size_that_most_reduces_variance_per_flop():
+    """Hand-made parabolas: the choice is the brute-force best variance reduction per FLOP."""
+    def design(compute, weight, sizes, curvature=0.02, vertex=0.0):
+        return BudgetDesign(compute, weight, np.array(sizes, dtype=float), vertex, curvature,
+                            0.005, np.linspace(-2.5, 2.5, 11))
+
+    def vertex_var(sizes, curvature=0.02):  # textbook: sigma^2 [(X'X)^-1]_11 / (4 c2^2)
+        x = np.vander(np.array(sizes, dtype=float), 3, increasing=True)
+        return 0.005**2 * np.linalg.inv(x.T @ x)[1, 1] / (4 * curvature**2)
+
+    sizes = [-1.0, 0.0, 1.0]
+    # Same shape and |weight| at two budgets: the 10x cheaper one wins, with the size a
+    # brute-force search over the candidates finds best.
+    designs = [design(1e17, -1.0, sizes), design(1e18, 1.0, sizes)]
+    c = choose(designs, kappa=0.0)
+    gains = [[(vertex_var(sizes) - vertex_var(sizes + [u])) * d.weight**2 / d.compute
+              for u in d.candidates] for d in designs]
+    assert c.budget == 0 and c.candidate in np.flatnonzero(np.isclose(gains[0], max(gains[0])))
+    assert c.gain_per_flop == pytest.approx(max(gains[0]), rel=0.01)  # SPREAD's tie-break: tiny
+    assert c.sd_after < c.sd_before
+    # Further out is better once the window is balanced: with a size at -2.5 already, +2.5 wins.
+    wide = [design(1e17, -1.0, sizes + [-2.5]), design(1e18, 1.0, sizes)]
+    c = choose(wide, kappa=0.0)
+    assert c.budget == 0 and wide[0].candidates[c.candidate] == 2.5
+    # At equal cost the budget whose vertex is less certain (a flatter parabola) wins ...
+    flat = [design(1e17, -1.0, sizes, curvature=0.005), design(1e17, 1.0, sizes)]
+    assert choose(flat, kappa=0.0).budget == 0
+    # ... and a budget the target does not weigh is only refined when nothing else is left.
+    unweighted = [design(1e17, 0.0, sizes), design(1e18, 1.0, sizes)]
+    assert choose(unweighted, kappa=0.0).budget == 1
+    # The window-bias guard: a lopsided design gets its next size on its short side.
+    lopsided = [design(1e17, -1.0, [-0.5, 0.0, 0.5, 1.5, 2.0]), design(1e17, 1.0, sizes)]
+    biased = choose(lopsided, kappa=1.0)
+    assert biased.budget == 0 and lopsided[0].candidates[biased.candidate] < 0
+
+
+def test_target_weights_are_the_least_squares_line():
+    c = np.log([1e17, 3e17, 1e18, 6e18])
+    h = target_weights(c, "a")
+    assert h.sum() == pytest.approx(0, abs=1e-12) and h @ c == pytest.approx(1)
+    target = math.log(1e21)
+    h = target_weights(c, "n_opt", target)
+    assert h.sum() == pytest.approx(1) and h @ c == pytest.approx(target)
+    assert h[-1] == max(h)  # extrapolating up: the costliest budget weighs most
+
+
+def test_proposals_stay_on_the_ladder_near_the_minimum_and_never_repeat(catalogue):
+    spec = make_spec(max_trials_per_budget=15, tolerance=0.001, spacing=3.0)
+    a = Allocator(spec, catalogue, PRIOR)
+    rng = np.random.default_rng(2)
+    seen: dict[float, list] = {}
+    while (p := a.suggest()) not in (None, FINISHED):
+        budget, _ = a.trial_of(p.key)
+        assert p.index in set(catalogue.usable(budget))
+        assert catalogue.params[p.index] == p.params
+        seen.setdefault(budget, []).append(p)
+        a.complete(p.key, loss_at(p.params, PRIOR(budget)) * math.exp(0.003 * rng.normal()))
+    for budget, points in seen.items():
+        assert len({p.index for p in points}) == len(points) == 15
+        assert all(abs(math.log(p.params / PRIOR(budget))) <= MAX_WINDOW + 0.3
+                   for p in points[3:])
 
 
 def test_a_budget_stops_once_its_interval_is_within_tolerance(catalogue):

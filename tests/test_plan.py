@@ -1,6 +1,7 @@
 """`dit-scaling plan`: in-process simulations of a study under both strategies, no Ray."""
 
 import json
+import math
 import textwrap
 
 import pytest
@@ -10,7 +11,7 @@ from scaling.surface import SURFACES
 from search.allocator import resolve_prior
 from search.cli import main
 from search.plan import plan_study, simulate_study, simulated_template, true_exponents
-from search.spec import parse_spec
+from search.spec import SpecError, parse_spec
 
 SPEC = {"name": "pl", "budgets": [1e17, 3e17, 1e18, 3e18],
         "trainer": {"kind": "simulated", "batch_size": 256},
@@ -40,10 +41,47 @@ def test_the_exponent_stop_agrees_with_the_interval_the_service_logs():
     sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
                          SURFACES["chinchilla"])
     assert sim.decisions[-1].action == "stop" and "N_opt exponent" in sim.decisions[-1].reason
-    assert len({t.budget for t in sim.trials}) < 10  # it stopped before the last budgets
     _, lo, hi = sim.exponent("n_opt")  # the final fit, as fit_and_log runs it
     assert (hi - lo) / 2 <= 0.05
     assert f"[{lo:.4f}, {hi:.4f}]" in sim.decisions[-1].reason
+    # The stop saves trials: without it every budget refines to its own tolerance or cap.
+    unstopped = parse_spec({**data, "allocator": SPEC["allocator"]})
+    full = simulate_study(unstopped, simulated_template(spec), resolve_prior(spec), "adaptive",
+                          SURFACES["chinchilla"], fit=False)
+    assert len(sim.trials) < len(full.trials)
+
+
+def test_a_target_budget_study_stops_once_its_n_opt_is_known():
+    data = {**SPEC, "allocator": {**SPEC["allocator"], "target": "n_opt", "target_budget": 1e20,
+                                  "tolerance": 0.3}}
+    spec = parse_spec(data)
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
+                         SURFACES["chinchilla"])
+    last = sim.decisions[-1]
+    assert last.action == "stop" and "N_opt at 1e20 FLOPs" in last.reason, last.reason
+    lo, hi = sim.fit.n_opt.interval(1e20)
+    assert (hi / lo) ** 0.5 - 1 <= 0.3
+    with pytest.raises(SpecError, match="target_budget"):
+        parse_spec({**SPEC, "allocator": {**SPEC["allocator"], "target": "n_opt"}})
+
+
+def test_the_two_round_grid_refines_around_each_budgets_lowest_loss():
+    spec = parse_spec(SPEC)
+    surface = SURFACES["paper"]
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "two_round",
+                         surface, concurrency=3)
+    assert sim.strategy == "two_round" and sim.decisions == [] and sim.fit is not None
+    for budget in spec.budgets:
+        trials = [t for t in sim.trials if t.budget == budget]
+        assert len(trials) == 8 and len({t.params for t in trials}) == 8  # 5 + 3, all distinct
+        first, second = trials[:5], trials[5:]
+        assert max(t.end for t in first) <= min(t.start for t in second)  # after round one
+        span = math.log(max(t.params for t in first) / min(t.params for t in first))
+        assert abs(span - 4 * math.log(2.0)) < 0.5  # 5 sizes x2, up to the ladder's rounding
+        best = min(first, key=lambda t: t.loss).params
+        assert all(abs(math.log(t.params / best)) <= math.log(2.0) for t in second)
+    with pytest.raises(ValueError, match="strategy"):
+        simulate_study(spec, simulated_template(spec), resolve_prior(spec), "random", surface)
 
 
 def test_true_exponents():

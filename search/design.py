@@ -1,0 +1,228 @@
+"""Design of isoFLOP experiments: what one more trial at (budget, size) tells about the target.
+
+Units: x = ln N (N in parameters), c = ln C (C in FLOPs); losses are dimensionless; a trial at a
+budget costs that budget's FLOPs.
+
+Model. Near its minimum a budget's losses follow a parabola in x, loss = c0 + c1 u + c2 u^2 with
+u = x - x* (x* its vertex), with independent errors of sd sigma (relative noise x loss). For the
+design X (rows 1, u, u^2 of the sizes tried or issued), least squares gives Cov(c) =
+sigma^2 (X'X)^-1, and by the delta method the vertex has variance
+v = sigma^2 [(X'X)^-1]_11 / (4 c2^2). It depends on where the sizes are, not on the losses still
+to come, so trials issued but not yet back count as evidence already placed: several slots are
+filled at once without placing two trials alike.
+
+Target. The standard Approach 2 law is the least-squares line of ln N_opt on ln C through the
+budgets' vertices: its slope a = sum h_i x*_i with h_i = (c_i - mean c) / S_cc, and ln N_opt at a
+target budget C_t = sum h_i x*_i with h_i = 1/k + (c_t - mean c)(c_i - mean c) / S_cc. So
+Var(target) = sum h_i^2 v_i.
+
+Window bias. The isoFLOP curve is not a parabola: for L = E + A/N^alpha + B/D^beta it is a sum of
+two exponentials in x, whose third derivative at the minimum is (beta - alpha) times its second.
+That cubic term, kappa c2 u^3 / 3, moves the fitted vertex by -kappa m / 6, where m is the linear
+coefficient of u^3 regressed on the design: zero for a design symmetric about the vertex, growing
+with the window's width and off-centring (arXiv 2603.22339). Designs of one shape at every budget
+move every vertex alike and leave the exponent alone; the criterion counts what is left:
+
+    expected squared error = sum h_i^2 v_i + (kappa sum h_i m_i / 6)^2
+
+with kappa = KAPPA (the largest |beta - alpha| of the built-in surfaces: the asymmetry's sign and
+size are unknown). Candidate sizes also stay within MAX_WINDOW of the vertex, where the cubic
+picture holds.
+
+Choice: the candidate (budget, size) that most reduces that expected squared error per FLOP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+KAPPA = 0.2  # |beta - alpha| assumed for the window-bias term (asymmetric surface: 0.45 - 0.25)
+MAX_WINDOW = math.log(16.0)  # candidates within this of the vertex in ln N (a factor of 16 in N)
+SPREAD = 1e-3  # weight of the budgets' own vertex variances beside the target's (tie-break)
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Parabola:
+    """Least-squares parabola of one budget's losses in x = ln N (N in parameters).
+
+    vertex: ln N at the parabola's minimum (NaN when it opens downward); curvature: c2 in loss per
+    (ln N)^2; curvature_info: 1 / Var(c2) per unit sigma^2; loss_opt: loss at the vertex;
+    lo, hi: the sampled ln N range; residual: sum of squared relative residuals, dof: runs - 3.
+    """
+
+    vertex: float
+    curvature: float
+    curvature_info: float
+    loss_opt: float
+    lo: float
+    hi: float
+    residual: float
+    dof: int
+
+    @property
+    def inside(self) -> bool:
+        """Convex with its minimum within the sampled sizes: an optimum, not an edge."""
+        return self.curvature > 0 and self.lo <= self.vertex <= self.hi
+
+    @property
+    def centred(self) -> bool:
+        """The vertex lies in the middle third of the sampled range."""
+        third = (self.hi - self.lo) / 3
+        return self.inside and self.lo + third <= self.vertex <= self.hi - third
+
+
+def fit_parabola(log_n: np.ndarray, losses: np.ndarray) -> Parabola | None:
+    """The parabola through one budget's runs (ln N, loss); None with fewer than 3 sizes."""
+    x, y = np.asarray(log_n, dtype=float), np.asarray(losses, dtype=float)
+    if np.unique(x).size < 3:
+        return None
+    xbar = float(x.mean())
+    c0, c1, c2 = np.polynomial.polynomial.polyfit(x - xbar, y, 2)
+    fitted = np.polynomial.polynomial.polyval(x - xbar, (c0, c1, c2))
+    residual = float((np.log(y / np.maximum(fitted, 1e-300)) ** 2).sum())
+    vertex = xbar - c1 / (2 * c2) if c2 > 0 else math.nan
+    u = x - (vertex if c2 > 0 else xbar)
+    info = moments(u)
+    try:
+        c2_info = 1.0 / float(np.linalg.inv(info)[2, 2])
+    except np.linalg.LinAlgError:
+        c2_info = 0.0
+    loss_opt = c0 - c1**2 / (4 * c2) if c2 > 0 else float(y.min())
+    return Parabola(float(vertex), float(c2), c2_info, float(loss_opt), float(x.min()),
+                    float(x.max()), residual, int(x.size - 3))
+
+
+def moments(u: np.ndarray) -> np.ndarray:
+    """X'X of the quadratic design in u, [..., 3, 3] (u: [..., n])."""
+    powers = np.asarray(u, dtype=float)[..., None, :] ** np.arange(5)[:, None]
+    s = powers.sum(-1)
+    return s[..., [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]
+
+
+def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """[(X'X)^-1]_11 and the window-bias moment m of a design in u = ln N - vertex, each also
+    with one more size at every `extra` u: arrays [1 + len(extra)] (inf / 0 when singular)."""
+    u = np.asarray(u, dtype=float)
+    extra = np.zeros(0) if extra is None else np.asarray(extra, dtype=float)
+    designs = [u] + [np.append(u, e) for e in extra]
+    m = np.stack([moments(d) for d in designs])
+    t = np.stack([np.array([(d**3).sum(), (d**4).sum(), (d**5).sum()]) for d in designs])
+    det = np.linalg.det(m)
+    ok = np.abs(det) > 1e-12 * np.maximum(1.0, np.abs(m).max((1, 2))) ** 3
+    var = np.full(len(designs), math.inf)
+    bias = np.zeros(len(designs))
+    if ok.any():
+        inv = np.linalg.inv(m[ok])
+        var[ok] = inv[:, 1, 1]
+        bias[ok] = np.einsum("kj,kj->k", inv[:, 1, :], t[ok])
+    return var, bias
+
+
+def target_weights(log_c: np.ndarray, target: str, log_target: float | None = None
+                   ) -> np.ndarray:
+    """h_i with target = sum h_i x*_i for the least-squares line of ln N_opt on ln C: the slope
+    (target "a") or the line's value at ln C = log_target (target "n_opt"). With one budget, or
+    all budgets at one compute, the line has no slope: every budget weighs 1 / k."""
+    c = np.asarray(log_c, dtype=float)
+    k = c.size
+    scc = float(((c - c.mean()) ** 2).sum())
+    if k < 2 or scc <= 0:
+        return np.full(k, 1.0 / max(k, 1))
+    if target == "a":
+        return (c - c.mean()) / scc
+    return 1.0 / k + (log_target - c.mean()) * (c - c.mean()) / scc
+
+
+@dataclass(frozen=True)
+class BudgetDesign:
+    """One budget as the criterion sees it: its FLOPs, its place in the line, the design so far
+    (ln N of sizes finished, running or queued), its vertex (ln N), curvature c2 (loss per
+    (ln N)^2), noise sd sigma (loss) and the candidate sizes (ln N) it may still train."""
+
+    compute: float
+    weight: float  # h_i
+    design: np.ndarray
+    vertex: float
+    curvature: float
+    sigma: float
+    candidates: np.ndarray
+
+    def variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Vertex variance (ln N squared) and bias moment m, now and with each candidate added."""
+        var, bias = vertex_terms(self.design - self.vertex, self.candidates - self.vertex)
+        return var * (self.sigma / (2 * self.curvature)) ** 2, bias
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The best next trial: the budget's index in the designs, the candidate's index, the target's
+    expected error (sd, ln units for "n_opt", absolute for "a") before and after, and the reduction
+    of its expected squared error per FLOP."""
+
+    budget: int
+    candidate: int
+    sd_before: float
+    sd_after: float
+    gain_per_flop: float
+    candidates: int
+
+
+def expected_error(designs: list[BudgetDesign], kappa: float | None = None) -> float:
+    """Expected squared error of the target under the designs as they stand."""
+    kappa = KAPPA if kappa is None else kappa
+    return _error(designs, [d.variance() for d in designs], kappa, None, None)
+
+
+def _error(designs, terms, kappa, swap: int | None, j: int | None) -> float:
+    var = bias = spread = 0.0
+    scale = float(np.mean([d.weight**2 for d in designs]))
+    for i, (d, (v, m)) in enumerate(zip(designs, terms, strict=True)):
+        k = 1 + j if i == swap else 0
+        var += d.weight**2 * v[k]
+        bias += d.weight * m[k]
+        spread += v[k]
+    return var + (kappa * bias / 6) ** 2 + SPREAD * scale * spread
+
+
+def choose(designs: list[BudgetDesign], kappa: float | None = None) -> Choice | None:
+    """The candidate that most reduces the target's expected squared error per FLOP; None when
+    no budget has a candidate or none reduces it."""
+    if not designs:
+        return None
+    kappa = KAPPA if kappa is None else kappa
+    terms = [d.variance() for d in designs]
+    before = _error(designs, terms, kappa, None, None)
+    best: Choice | None = None
+    count = sum(d.candidates.size for d in designs)
+    for i, d in enumerate(designs):
+        for j in range(d.candidates.size):
+            after = _error(designs, terms, kappa, i, j)
+            gain = (before - after) / d.compute
+            if math.isfinite(gain) and gain > 0 and (best is None or gain > best.gain_per_flop):
+                best = Choice(i, j, math.sqrt(before), math.sqrt(max(after, 0.0)), gain, count)
+    return best
+
+
+def target_sd(designs: list[BudgetDesign]) -> float:
+    """sd of the target from the vertex variances alone (no bias term), as its interval reads."""
+    return math.sqrt(sum(d.weight**2 * d.variance()[0][0] for d in designs))
+
+
+def shrink_curvatures(fits: list[Parabola], sigma_rel: float) -> list[float]:
+    """Each budget's curvature c2, pulled toward the pooled relative curvature c2 / loss_opt as
+    far as its own estimate is noisy (sd of c2: sigma / sqrt(curvature_info)); the relative
+    curvature is assumed to vary by about half its value from budget to budget."""
+    rel = np.array([f.curvature / f.loss_opt for f in fits])
+    prec = np.array([f.curvature_info / sigma_rel**2 for f in fits])  # of the relative curvature
+    if not fits:
+        return []
+    pooled = float((prec * rel).sum() / prec.sum()) if prec.sum() > 0 else float(np.median(rel))
+    pooled = max(pooled, float(np.max(rel)) * 0.1, 1e-12)
+    tau = 1 / (0.5 * pooled) ** 2
+    out = (prec * rel + tau * pooled) / (prec + tau)
+    return [float(max(r, 0.1 * pooled) * f.loss_opt) for r, f in zip(out, fits, strict=True)]
