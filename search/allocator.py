@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 
@@ -44,6 +44,15 @@ from scaling.laws.powerlaw import PowerLaw
 from scaling.laws.result import FitOptions
 from scaling.runs_table import RunPoint
 from search import design
+from search.allocator_state import (  # noqa: F401  (re-exported)
+    Budget,
+    Decision,
+    Point,
+    flops_text,
+    half_width,
+    human,
+    sizes_text,
+)
 from search.catalogue import (  # noqa: F401  (re-exported: the allocator's public names)
     MIN_STEPS,
     Prior,
@@ -70,75 +79,6 @@ LAW_EXPONENT_RANGE = (0.25, 0.9)  # a law through 2 close budgets can point anyw
 PRIOR_NOISE = 0.005  # relative loss sd assumed before residuals say more (seed spread, ~0.5%)
 PRIOR_DOF = 4  # weight of that assumption, in residual degrees of freedom
 SCREEN = 1.5  # the final fit is run once the design's own interval is within this x the goal
-
-
-def human(n: float) -> str:
-    """A count with a K/M/B suffix: 4123456 -> '4.12M'."""
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
-def flops_text(c: float) -> str:
-    return f"{c:.3g}".replace("e+", "e")
-
-
-def half_width(interval: tuple[float, float] | None) -> float | None:
-    """Relative half-width of an interval [lo, hi] in N: sqrt(hi / lo) - 1 (0.15 = +-15%)."""
-    if interval is None:
-        return None
-    return math.sqrt(interval[1] / interval[0]) - 1
-
-
-@dataclass
-class Point:
-    """One trial of a budget: a ladder size, its state and (when finished) its loss."""
-
-    key: str
-    index: int  # into the catalogue
-    params: int
-    state: str = "queued"  # queued | running | finished | failed
-    loss: float | None = None
-
-
-@dataclass
-class Budget:
-    compute: float  # FLOPs
-    status: str = "waiting"  # waiting | open | done | skipped
-    reason: str = ""
-    centre: float | None = None  # log N the budget opened around
-    points: dict[str, Point] = field(default_factory=dict)
-    queue: list[str] = field(default_factory=list)
-    n_opt: float | None = None
-    interval: tuple[float, float] | None = None
-    last_decision: int | None = None
-    cap: int | None = None  # trials at most; None: allocator.max_trials_per_budget
-
-    def count(self, state: str) -> int:
-        return sum(p.state == state for p in self.points.values())
-
-    @property
-    def busy(self) -> bool:
-        return any(p.state in ("queued", "running") for p in self.points.values())
-
-
-@dataclass
-class Decision:
-    """One allocator decision; `line()` is its progress line."""
-
-    time: float  # seconds since the epoch
-    budget: float | None  # FLOPs; None for a study-wide decision
-    action: str  # open | extend | centre | refine | retry | done | stop | skip
-    sizes: list[int]  # parameters of the sizes added
-    reason: str
-    interval_before: list[float] | None = None  # N_opt 95% interval (parameters) when decided
-    interval_after: list[float] | None = None  # ... once the sizes it added were back
-    running: int = 0  # trials of the budget still running when decided (> 0: a speculation)
-
-    def line(self) -> str:
-        where = "study" if self.budget is None else flops_text(self.budget)
-        return f"{where}: {self.reason}"
 
 
 class Allocator:
@@ -415,7 +355,7 @@ class Allocator:
             self._record(b, "skip", [], b.reason)
             return
         sizes = self._propose(b, sorted(taken, key=lambda i: self.catalogue.params[i]))
-        self._record(b, "open", sizes, f"starting with {_sizes(sizes)} {why}")
+        self._record(b, "open", sizes, f"starting with {sizes_text(sizes)} {why}")
 
     def _fit(self, c: float) -> Parabola | None:
         """This budget's parabola in ln N over its finished trials, cached until they change."""
@@ -475,7 +415,7 @@ class Allocator:
             self._close(b, f"{reason}, but no unused ladder size is left there: done")
             self._record(b, "done", [], b.reason)
             return
-        self._record(b, action, sizes, f"{reason}: adding {_sizes(sizes)}")
+        self._record(b, action, sizes, f"{reason}: adding {sizes_text(sizes)}")
 
     def _bracket(self, b: Budget, fit: Parabola | None) -> tuple[str, list[int], str]:
         """Sizes that bring a budget's minimum inside its window (or replace failed trials)."""
@@ -591,7 +531,7 @@ class Allocator:
         self._record(b, "refine", sizes, (
             f"minimum {human(b.n_opt)} inside [{human(math.exp(fit.lo))}, "
             f"{human(math.exp(fit.hi))}], interval +-{half_width(b.interval):.0%}: adding "
-            f"{_sizes(sizes)}{ahead}, the most reduction per FLOP of {self.target_text()}'s "
+            f"{sizes_text(sizes)}{ahead}, the most reduction per FLOP of {self.target_text()}'s "
             f"expected error{unit} ({choice.sd_before:.3g} -> {choice.sd_after:.3g}) of "
             f"{choice.candidates} candidates"), running)
         return True
@@ -646,8 +586,3 @@ class Allocator:
         except (LawFitError, ValueError):
             return None
         return fit.n_opt
-
-
-def _sizes(sizes: list[int]) -> str:
-    names = [human(n) for n in sizes]
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
