@@ -2,9 +2,11 @@
 set (overall and per t-bin, at the same fixed t and noise seeds) and the FID of samples drawn with
 the Euler probability-flow sampler and classifier-free guidance.
 
-`train` calls `evaluate` once, after its validation loss, when `TrainConfig.eval` is set. The loss
-parts run on every rank (each takes its share of the batches); FID runs on rank 0 only, while the
-others wait at the next report.
+`validation_loss` measures the loss on held-out shards at fixed t and noise seeds, the same for
+every trial. `train` calls it and then `evaluate` once, at the end, when `TrainConfig.eval` is set;
+both read the configuration through `HeldOut` (which `TrainConfig` satisfies), so this module
+needs nothing from the training loop. The loss parts run on every rank (each takes its share of the
+batches); FID runs on rank 0 only, while the others wait at the next report.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from scaling.data import eval_batches
-from scaling.objective import euler_sample
-
-if TYPE_CHECKING:
-    from scaling.train import TrainConfig
+from scaling.data import DataStats, eval_batches
+from scaling.objective import euler_sample, flow_loss, sample_timesteps
+from scaling.precision import autocast, on_device
 
 FID_NOISE_SEED = 20241011  # the same starting noise for every trial's FID samples
+VAL_SEED = 20241010  # one fixed seed for every trial, so validation losses are comparable
+VAL_CHUNK = 256  # validation draws t and eps per chunk of this many samples, whatever the batch
+T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,70 @@ class EvalConfig:
     fid: FIDConfig | None = None
 
 
-def ood_loss(model: nn.Module, cfg: TrainConfig, rank: int = 0, world: int = 1
+class HeldOut(Protocol):
+    """What the evaluation reads of a trial's configuration (a dataclass, e.g. `TrainConfig`)."""
+
+    val_urls: tuple[str, ...]
+    val_samples: int
+    micro_batch: int | None
+    timestep_sampling: str
+    precision: str
+    eval: EvalConfig | None
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module, cfg: HeldOut, rank: int = 0, world: int = 1,
+    stats: DataStats | None = None,
+) -> dict[str, float]:
+    """Loss on held-out shards at fixed t and eps (the same for every trial), overall and per
+    t-bin, in the training precision. `model` must run without collectives (see
+    `scaling.train.evaluation_model`); ranks share the chunks and sum their results."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(VAL_SEED)
+    chunk = min(VAL_CHUNK, cfg.val_samples)
+    step = min(chunk, cfg.micro_batch or chunk)
+    bins_at = torch.tensor(T_BINS[1:-1])
+    sums = torch.zeros(2 * (len(T_BINS) - 1) + 2, dtype=torch.float64)
+    for i, batch in enumerate(eval_batches(list(cfg.val_urls), chunk, limit=cfg.val_samples,
+                                           stats=stats)):
+        # Draw t and eps for every chunk on every rank so the draws do not depend on world size.
+        t = sample_timesteps(batch.image.shape[0], cfg.timestep_sampling, gen)
+        eps = torch.randn(batch.image.shape, generator=gen)
+        if i % world != rank:
+            continue
+        for start in range(0, t.shape[0], step):
+            part = slice(start, start + step)
+            with autocast(device, cfg.precision):
+                losses = flow_loss(model, *on_device(device, batch.image[part], batch.text[part],
+                                               batch.mask[part], t[part], eps[part]))
+            losses = losses.double().cpu()
+            sums[0] += losses.sum()
+            sums[1] += losses.numel()
+            bins = torch.bucketize(t[part], bins_at)
+            for b in range(len(T_BINS) - 1):
+                sel = bins == b
+                sums[2 + 2 * b] += losses[sel].sum()
+                sums[3 + 2 * b] += sel.sum()
+    if world > 1:
+        sums = sums.to(device)  # NCCL reduces device tensors only
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        sums = sums.cpu()
+    model.train(was_training)
+    if sums[1] == 0:
+        return {}
+    out = {"val_loss": float(sums[0] / sums[1])}
+    for b in range(len(T_BINS) - 1):
+        if sums[3 + 2 * b] > 0:
+            out[f"val_loss_t{b}"] = float(sums[2 + 2 * b] / sums[3 + 2 * b])
+    return out
+
+
+def ood_loss(model: nn.Module, cfg: HeldOut, rank: int = 0, world: int = 1
              ) -> dict[str, float]:
     """Validation loss on the out-of-distribution shards, as `ood_loss` and `ood_loss_t{b}`."""
-    from scaling.train import validation_loss
-
     ev = cfg.eval
     if ev is None or not ev.ood_urls:
         return {}
@@ -139,7 +202,7 @@ def fid_score(model: nn.Module, fid: FIDConfig) -> dict[str, float]:
             "fid_seconds": time.perf_counter() - started}
 
 
-def evaluate(model: nn.Module, cfg: TrainConfig, rank: int = 0, world: int = 1
+def evaluate(model: nn.Module, cfg: HeldOut, rank: int = 0, world: int = 1
              ) -> dict[str, float]:
     """The end-of-trial evaluation of `cfg.eval` (OOD loss, FID), with its wall time."""
     if cfg.eval is None:

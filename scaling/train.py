@@ -51,11 +51,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from scaling.data import Batch, DataStats, eval_batches, train_batches
-from scaling.evaluate import EvalConfig, evaluate
+from scaling.data import Batch, DataStats, train_batches
+from scaling.evaluate import EvalConfig, evaluate, validation_loss
 from scaling.flops import forward_flops
 from scaling.model import DiT, DiTConfig, parameter_count
 from scaling.objective import TimestepSampling, drop_captions, flow_loss, sample_timesteps
+from scaling.precision import autocast, on_device
 from scaling.schedule import LRSchedule, Schedule
 from scaling.throughput import Peak, detect_peak
 
@@ -64,9 +65,6 @@ Precision = Literal["fp32", "bf16"]
 Parallel = Literal["ddp", "fsdp"]
 
 CHECKPOINT_FILE = "state.pt"
-VAL_SEED = 20241010  # one fixed seed for every trial, so validation losses are comparable
-VAL_CHUNK = 256  # validation draws t and eps per chunk of this many samples, whatever the batch
-T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
@@ -157,10 +155,6 @@ def _default_device() -> torch.device:
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     # Seeded per step so that a resumed run draws the same t and eps as an uninterrupted one.
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + step)
-
-
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def build_model(cfg: TrainConfig, world: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
@@ -274,56 +268,6 @@ def evaluation_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     return copy
 
 
-@torch.no_grad()
-def validation_loss(
-    model: nn.Module, cfg: TrainConfig, rank: int = 0, world: int = 1,
-    stats: DataStats | None = None,
-) -> dict[str, float]:
-    """Loss on held-out shards at fixed t and eps (the same for every trial), overall and per
-    t-bin, in the training precision. `model` must run without collectives (see
-    `evaluation_model`); ranks share the chunks and sum their results."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(VAL_SEED)
-    chunk = min(VAL_CHUNK, cfg.val_samples)
-    step = min(chunk, cfg.micro_batch or chunk)
-    bins_at = torch.tensor(T_BINS[1:-1])
-    sums = torch.zeros(2 * (len(T_BINS) - 1) + 2, dtype=torch.float64)
-    for i, batch in enumerate(eval_batches(list(cfg.val_urls), chunk, limit=cfg.val_samples,
-                                           stats=stats)):
-        # Draw t and eps for every chunk on every rank so the draws do not depend on world size.
-        t = sample_timesteps(batch.image.shape[0], cfg.timestep_sampling, gen)
-        eps = torch.randn(batch.image.shape, generator=gen)
-        if i % world != rank:
-            continue
-        for start in range(0, t.shape[0], step):
-            part = slice(start, start + step)
-            with _autocast(device, cfg.precision):
-                losses = flow_loss(model, *_on(device, batch.image[part], batch.text[part],
-                                               batch.mask[part], t[part], eps[part]))
-            losses = losses.double().cpu()
-            sums[0] += losses.sum()
-            sums[1] += losses.numel()
-            bins = torch.bucketize(t[part], bins_at)
-            for b in range(len(T_BINS) - 1):
-                sel = bins == b
-                sums[2 + 2 * b] += losses[sel].sum()
-                sums[3 + 2 * b] += sel.sum()
-    if world > 1:
-        sums = sums.to(device)  # NCCL reduces device tensors only
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        sums = sums.cpu()
-    model.train(was_training)
-    if sums[1] == 0:
-        return {}
-    out = {"val_loss": float(sums[0] / sums[1])}
-    for b in range(len(T_BINS) - 1):
-        if sums[3 + 2 * b] > 0:
-            out[f"val_loss_t{b}"] = float(sums[2 + 2 * b] / sums[3 + 2 * b])
-    return out
-
-
 def final_evaluation(model: nn.Module, cfg: TrainConfig, rank: int, world: int
                      ) -> dict[str, float]:
     """Validation loss, then `scaling.evaluate` (OOD loss, FID on rank 0), on a model every rank
@@ -336,12 +280,6 @@ def final_evaluation(model: nn.Module, cfg: TrainConfig, rank: int, world: int
     return out
 
 
-def _on(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
-    if device.type == "cpu":
-        return tensors
-    return tuple(x.to(device, non_blocking=True) for x in tensors)
-
-
 def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, batch: Batch,
                 cfg: TrainConfig, rank: int, step: int, micro: int,
                 device: torch.device) -> Tensor:
@@ -352,7 +290,7 @@ def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
     t = sample_timesteps(local, cfg.timestep_sampling, gen)
     eps = torch.randn(batch.image.shape, generator=gen)
     mask = drop_captions(batch.mask, cfg.caption_dropout, gen)
-    image, text, mask, t, eps = _on(device, batch.image, batch.text, mask, t, eps)
+    image, text, mask, t, eps = on_device(device, batch.image, batch.text, mask, t, eps)
     total = torch.zeros((), device=device)
     for start in range(0, local, micro):
         part = slice(start, start + micro)
@@ -361,7 +299,7 @@ def _train_step(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
         sync = nullcontext() if last or not isinstance(net, DistributedDataParallel) \
             else net.no_sync()
         with sync:
-            with _autocast(device, cfg.precision):
+            with autocast(device, cfg.precision):
                 loss = flow_loss(net, image[part], text[part], mask[part], t[part],
                                  eps[part]).sum() / local
             loss.backward()
