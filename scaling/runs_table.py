@@ -11,7 +11,9 @@ Columns (units; a multiply-add counts as 2 FLOPs):
 - `trial`, `status` (optional): text metadata written by the service, carried through untouched.
 
 Every problem raises `RunsTableError`, whose message names the file, the column, the data rows
-(counted from 1, header excluded) or the budget at fault.
+(counted from 1, header excluded) or the budget at fault: a cell that is not a number is named by
+its row, as a bad value is. Rows that repeat another's budget, size and loss exactly are kept here
+and reported by `scaling.laws.fit_laws`, which counts them once.
 """
 
 from __future__ import annotations
@@ -93,10 +95,31 @@ def _numeric(table: pa.Table, name: str, path: Path) -> np.ndarray:
     column = table.column(name)
     if pa.types.is_null(column.type):
         return np.full(len(column), np.nan)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return _parse_text(column.to_pylist(), name, path)
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
         raise RunsTableError(f"runs table {path}: column {name!r} is not numeric ({column.type})")
     # safe=False: integers beyond 2^53 (compute of 1e17 FLOPs) round to the nearest float.
     return column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(float)
+
+
+def _parse_text(cells: list[str | None], name: str, path: Path) -> np.ndarray:
+    """A text column (a CSV column with a stray word in it) as float64, empty cells as NaN; the
+    cells that are not numbers are named by their data rows."""
+    values = np.full(len(cells), np.nan)
+    bad = np.zeros(len(cells), bool)
+    for i, cell in enumerate(cells):
+        if cell is None or not cell.strip():
+            continue
+        try:
+            values[i] = float(cell)
+        except ValueError:
+            bad[i] = True
+    if bad.any():
+        shown = ", ".join(repr(cells[i]) for i in np.flatnonzero(bad)[:3])
+        raise RunsTableError(f"runs table {path}: column {name!r} is not numeric: cells that are "
+                             f"not numbers ({shown}) in data rows {_rows(bad)}")
+    return values
 
 
 def read_runs(path: str | Path, min_sizes: int = MIN_SIZES) -> list[RunPoint]:

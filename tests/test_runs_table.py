@@ -81,6 +81,36 @@ def test_non_numeric_column(tmp_path):
         read_runs(path)
 
 
+def test_non_numeric_cell_is_named_by_its_row(tmp_path):
+    path = write_csv(tmp_path / "r.csv", "compute,params,loss\n1e17,1e6,1.0\n1e17,2e6,0.9\n"
+                     "1e17,4e6,diverged\n1e17,8e6,1.1\n")
+    with pytest.raises(RunsTableError,
+                       match=r"column 'loss' is not numeric: .*'diverged'.* data rows 3$"):
+        read_runs(path)
+    path = write_csv(tmp_path / "o.csv", "compute,params,loss,fid\n1e17,1e6,1,3\n"
+                     "1e17,2e6,1,x\n1e17,4e6,1,\n")
+    with pytest.raises(RunsTableError, match=r"column 'fid' is not numeric: .* data rows 2$"):
+        read_runs(path)
+
+
+def test_duplicate_runs_are_reported_and_counted_once():
+    import numpy as np
+
+    from scaling.laws import FitOptions, fit_laws
+    from scaling.surface import PAPER_BUDGETS, SURFACES, synthetic_study
+
+    points = synthetic_study(SURFACES["chinchilla"], PAPER_BUDGETS, np.random.default_rng(0),
+                             sizes=5)
+    options = FitOptions(draws=100, approach3=False)
+    once = fit_laws(points, options)
+    twice = fit_laws(points + points[:5], options)  # budget 1e17's five rows again
+    (note,) = [w for w in twice.warnings if "counted once" in w]
+    assert note.startswith("5 run(s) repeat another run's budget, size and loss")
+    assert "31 (= 1)" in note
+    assert twice.n_opt.exponent_ci == once.n_opt.exponent_ci
+    assert twice.budgets[0].points == 5
+
+
 def test_budget_with_too_few_sizes_is_named(tmp_path):
     path = write_csv(tmp_path / "r.csv",
                      "compute,params,loss\n"

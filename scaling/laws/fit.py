@@ -90,10 +90,9 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
             sigma3 = options.noise_sigma or (math.sqrt(sse / dof3) if dof3 else options.seed_noise)
             dof3 = math.inf if options.noise_sigma or not dof3 else dof3
             refit = (problem, theta, sigma3, dof3, DrawRefitter(problem, theta))
-            # From the least-squares optimum and the best grid point: the Huber optimum lies near
-            # the first, and six grid starts cost more than the whole bootstrap.
-            huber = fit_parametric(params, tokens, losses,
-                                   starts=np.stack([theta, problem.grid_starts(losses, 1)[0]]))
+            # From the least-squares optimum, near which the Huber optimum lies: six grid starts
+            # cost more than the whole bootstrap.
+            huber = fit_parametric(params, tokens, losses, starts=theta[None, :])
 
     noise = NoiseDraws(options.draws, params.size, options.seed)
     scale2 = sigma2 * noise.scale(dof2)
@@ -310,7 +309,7 @@ class _Parabola:
 
     def draws(self, noise: np.ndarray) -> np.ndarray:
         """[k, 3] coefficients refitted on fitted * exp(noise), noise [k, n]."""
-        return (self.fitted * np.exp(noise)) @ self.pinv.T
+        return (self.fitted * np.exp(noise, dtype=float)) @ self.pinv.T
 
 
 def _noise(

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize, nnls
 
-from scaling.laws.bootstrap import interval, spreads
+from scaling.laws.bootstrap import CHUNK_CELLS, interval, spreads
 
 HUBER_DELTA = 1e-3
 GRID = np.arange(0.05, 2.0001, 0.05)
@@ -46,6 +46,7 @@ LOWER = np.array([-50.0, -50.0, -50.0, 1e-3, 1e-3])
 UPPER = np.array([50.0, 50.0, 50.0, 4.0, 4.0])
 BOUNDS = list(zip(LOWER, UPPER, strict=True))
 NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
+PROBE = 2000  # runs on which a term's share of the loss is checked in a large table
 NEGLIGIBLE = 1e-6  # a term below this share of every fitted loss has left the fit
 CLOSE = 0.1  # a second local optimum also starts the draws when within 10% of the best objective
 BOUND_DRAWS = 0.025  # share of draws on a bound above which the 95% interval ends on it
@@ -196,12 +197,28 @@ class _Problem:
         c = np.maximum(coef[ii, jj], 1e-3 * losses.min())  # log of a zero coefficient: a small one
         return np.concatenate([np.log(c), GRID[ii, None], GRID[jj, None]], 1)
 
+    def probe(self) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) of at most PROBE runs where a term's share of the loss is checked: all of them
+        in a small table, else the extremes of log N and log D and an even sample between (a
+        share below 1e-6 everywhere is not a fine question)."""
+        if self.u.size <= PROBE:
+            return self.u, self.v
+        rows = np.unique(np.concatenate([
+            np.argsort(self.u)[np.linspace(0, self.u.size - 1, PROBE // 2).astype(int)],
+            np.argsort(self.v)[np.linspace(0, self.v.size - 1, PROBE // 2).astype(int)]]))
+        return self.u[rows], self.v[rows]
+
     def on_bound(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Booleans [..., 5] each: `gone`, the E, A or B term is below NEGLIGIBLE of every fitted
-        loss (its coefficient is on its natural bound 0); `edge`, within 1% of the box."""
-        _, p1, p2, p3 = _residuals(theta, self.u, self.v, np.zeros_like(self.u))
+        loss (its coefficient is on its natural bound 0); `edge`, within 1% of the box.
+        Thetas [K, 5] are taken in chunks: their shares are [K, runs] arrays."""
         gone = np.zeros(theta.shape, bool)
-        gone[..., :3] = np.stack([p3.max(-1), p1.max(-1), p2.max(-1)], -1) < NEGLIGIBLE
+        flat, out = theta.reshape(-1, 5), gone.reshape(-1, 5)
+        u, v = self.probe()
+        step = max(1, CHUNK_CELLS // max(u.size, 1))
+        for k in range(0, flat.shape[0], step):
+            _, p1, p2, p3 = _residuals(flat[k:k + step], u, v, np.zeros_like(u))
+            out[k:k + step, :3] = np.stack([p3.max(-1), p1.max(-1), p2.max(-1)], -1) < NEGLIGIBLE
         edge = (theta <= LOWER + 0.01 * np.abs(LOWER)) | (theta >= UPPER - 0.01 * np.abs(UPPER))
         return gone, edge
 
