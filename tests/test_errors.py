@@ -107,12 +107,17 @@ def test_unusable_stores_are_named_in_one_line(tmp_path):
 
 def test_a_closed_port_is_reported_within_seconds(tmp_path):
     uri = f"http://127.0.0.1:{closed_port()}"
+    spec = tmp_path / "s.toml"
+    spec.write_text(spec_text(""))
+    work = tmp_path / "work"
+    work.mkdir()
     for args in (["predict", "--study", "s", "--budget", "1e20"],
-                 ["fit", str(RUNS), "--log-to-mlflow", "--study", "s"]):
-        r = dit_scaling(*args, "--tracking-uri", uri, cwd=tmp_path)
+                 ["fit", str(RUNS), "--log-to-mlflow", "--study", "s"], ["run", str(spec)]):
+        r = dit_scaling(*args, "--tracking-uri", uri, cwd=work)
         assert r.code == 2 and r.one_line_error, r.err
         assert f"MLflow tracking server {uri} is unreachable" in r.err
         assert r.seconds < 15
+    assert list(work.iterdir()) == []  # run wrote no data, no Ray storage
 
 
 def test_a_read_only_query_never_creates_a_store(tmp_path):
@@ -149,6 +154,11 @@ def test_a_read_only_store_is_refused_before_the_fit(tmp_path, read_only_store):
     assert r.code == 2 and r.one_line_error, r.err
     assert "read-only" in r.err and read_only_store in r.err
     assert r.out == ""  # refused before fitting: no table printed
+    spec = tmp_path / "s.toml"
+    spec.write_text(spec_text(f'output_dir = "{tmp_path / "out"}"\n'))
+    r = dit_scaling("run", str(spec), "--tracking-uri", read_only_store, cwd=tmp_path)
+    assert r.code == 2 and r.one_line_error and "read-only" in r.err, r.err
+    assert not (tmp_path / "out").exists()
     r = dit_scaling("laws", "--study", "real", "--tracking-uri", read_only_store, cwd=tmp_path)
     assert r.code == 2 and "no study run with fitted laws" in r.err  # reading still works
 
