@@ -2,7 +2,8 @@
 
 Every command runs as a fresh process (what a user types), `--runs` times; the table gives the
 median wall time, its ratio to the baseline's median, the peak resident memory and whether the
-process loaded Ray or torch. The store is a real SQLite MLflow store in a temporary directory: a
+process loaded Ray or torch; the CPU column (user + system, median) moves less than wall time when
+other work shares the machine. The store is a real SQLite MLflow store in a temporary directory: a
 study fitted by `fit --log-to-mlflow` and a study with 15 finished trial runs.
 
 Goals: every query under 2 s on this machine, no query loads Ray or torch; a refusal (bad spec,
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,20 +41,26 @@ PROBE = ("import sys, runpy; sys.argv = ['dit-scaling', *sys.argv[1:]]\n"
 @dataclass(frozen=True)
 class Sample:
     seconds: float
+    cpu_seconds: float  # user + system: what the command costs, less moved by a busy machine
     rss_mb: float
     code: int
     loaded: str
     stderr: str
 
 
-def run_once(argv: list[str], env: dict[str, str], cwd: Path, probe: bool) -> Sample:
-    """One fresh process; its wall time and peak RSS (from wait4, this child only)."""
+def run_once(argv: list[str], env: dict[str, str], cwd: Path, probe: bool,
+             timeout: float) -> Sample:
+    """One fresh process, killed after `timeout` s; its wall time and peak RSS (from wait4, this
+    child only)."""
     cmd = [sys.executable, "-c", PROBE, *argv] if probe else argv
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
     seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     loaded = ""
@@ -60,7 +68,8 @@ def run_once(argv: list[str], env: dict[str, str], cwd: Path, probe: bool) -> Sa
         lines = err.strip().splitlines()
         loaded = lines[-1].removeprefix("loaded:").strip() if lines else "?"
         err = "\n".join(lines[:-1])
-    return Sample(seconds, usage.ru_maxrss / 1024, proc.returncode, loaded or "-", err)
+    return Sample(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+                  proc.returncode, loaded or "-", err)
 
 
 def closed_port() -> int:
@@ -120,6 +129,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=5, help="processes per command (median)")
     p.add_argument("--code", type=Path, default=ROOT, help="the project checkout to measure")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds before a process is killed (exit -9 in the table)")
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = str(args.code.resolve())
@@ -129,27 +140,32 @@ def main() -> int:
         work.mkdir()
         uri = make_store(folder, env)
         rows = [("python -c 'import mlflow' (baseline)",
-                 [run_once([sys.executable, "-c", "import mlflow"], env, work, False)
+                 [run_once([sys.executable, "-c", "import mlflow"], env, work, False,
+                           args.timeout)
                   for _ in range(args.runs)], True)]
         for label, argv, query in commands(uri, folder):
-            samples = [run_once(argv, env, work, True) for _ in range(args.runs)]
+            samples = [run_once(argv, env, work, True, args.timeout) for _ in range(args.runs)]
             rows.append((label, samples, query))
         created = sorted(p.name for p in work.iterdir())
     base = statistics.median(s.seconds for s in rows[0][1])
-    print(f"code: {args.code.resolve()}; {args.runs} fresh processes per command, median wall "
-          f"time; baseline {base:.2f} s")
-    print(f"{'command':<40} {'median s':>8} {'min-max s':>11} {'x mlflow':>8} {'peak MB':>8} "
-          f"{'exit':>4}  loaded   first line of stderr")
+    base_cpu = statistics.median(s.cpu_seconds for s in rows[0][1])
+    print(f"code: {args.code.resolve()}; {args.runs} fresh processes per command, medians; "
+          f"baseline {base:.2f} s wall, {base_cpu:.2f} s CPU; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'command':<40} {'median s':>8} {'min-max s':>11} {'x mlflow':>8} {'CPU s':>6} "
+          f"{'x mlflow':>8} {'peak MB':>7} {'exit':>4}  loaded   first line of stderr")
     worst = 0.0
     for label, samples, query in rows:
         median = statistics.median(s.seconds for s in samples)
+        cpu = statistics.median(s.cpu_seconds for s in samples)
         if query and samples is not rows[0][1]:
             worst = max(worst, median)
         first = samples[0].stderr.strip().splitlines()
         line = (first[0][:70] + ("..." if len(first[0]) > 70 else "")) if first else ""
         print(f"{label:<40} {median:>8.2f} {min(s.seconds for s in samples):>5.2f}-"
-              f"{max(s.seconds for s in samples):<5.2f} {median / base:>8.2f} "
-              f"{max(s.rss_mb for s in samples):>8.0f} {samples[0].code:>4}  "
+              f"{max(s.seconds for s in samples):<5.2f} {median / base:>8.2f} {cpu:>6.2f} "
+              f"{cpu / base_cpu:>8.2f} {max(s.rss_mb for s in samples):>7.0f} "
+              f"{samples[0].code:>4}  "
               f"{samples[0].loaded:<8} {line}")
     print(f"files left in the working directory by the commands: {created or 'none'}")
     print(f"slowest query median: {worst:.2f} s (goal < {GOAL_S:g} s)")
