@@ -179,8 +179,11 @@ def main() -> int:
                          f"{s['half']:.4f}", f"{s['cover']:.2f}", f"{s['fitted']}/{args.seeds}"])
         ratios = []
         for f, o in zip(lv, alloc, strict=True):
+            # A baseline that gave no law on some seeds is no usable design: best among those
+            # that fitted every seed (all, if none did).
             cheaper = [b for b in base if b.flops <= f * LEVEL_MATCH]
-            best = min(cheaper, key=lambda b: b.stats(truth)["rmse"])
+            usable = [b for b in cheaper if b.stats(truth)["fitted"] == args.seeds] or cheaper
+            best = min(usable, key=lambda b: np.nan_to_num(b.stats(truth)["rmse"], nan=np.inf))
             r = o.stats(truth)["rmse"] / best.stats(truth)["rmse"]
             ratios.append((r, f, best.name))
         worst = max(ratios)

@@ -474,7 +474,10 @@ class Allocator:
         for (b, f), c2, centre in zip(with_fit, curvatures, centres, strict=True):
             x = np.log([float(p.params) for p in b.points.values() if p.state != "failed"])
             free = self._free(b) if b in eligible else np.zeros(0, dtype=np.int64)
-            free = free[np.abs(self.catalogue.log_n[free] - centre) <= design.MAX_WINDOW]
+            # Within MAX_WINDOW of the centre, or as far as the design already reaches on the
+            # other side: a size that far out can only be balanced by its mirror image.
+            reach = max(design.MAX_WINDOW, float(np.max(np.abs(x - centre))))
+            free = free[np.abs(self.catalogue.log_n[free] - centre) <= reach]
             designs.append(BudgetDesign(b.compute, weights[b.compute], x, centre, c2,
                                         sigma * f.loss_opt, self.catalogue.log_n[free]))
             budgets.append(b)

@@ -16,18 +16,18 @@ budgets' vertices: its slope a = sum h_i x*_i with h_i = (c_i - mean c) / S_cc, 
 target budget C_t = sum h_i x*_i with h_i = 1/k + (c_t - mean c)(c_i - mean c) / S_cc. So
 Var(target) = sum h_i^2 v_i.
 
-Window bias. The isoFLOP curve is not a parabola: for L = E + A/N^alpha + B/D^beta it is a sum of
-two exponentials in x, whose third derivative at the minimum is (beta - alpha) times its second.
-That cubic term, kappa c2 u^3 / 3, moves the fitted vertex by -kappa m / 6, where m is the linear
-coefficient of u^3 regressed on the design: zero for a design symmetric about the vertex, growing
-with the window's width and off-centring (arXiv 2603.22339). Designs of one shape at every budget
-move every vertex alike and leave the exponent alone; the criterion counts what is left:
+Window bias. The isoFLOP curve is not a parabola: for L = E + A/N^alpha + B/D^beta it is, up to
+scale, beta e^(-alpha u) + alpha e^(beta u) in u = ln N - ln N_opt, and a parabola fitted to it on
+a wide or off-centre window puts its vertex off the minimum even without noise (arXiv
+2603.22339). The shift for a given design is computed exactly on that curve with alpha, beta =
+ALPHA, BETA (the most asymmetric built-in surface's): b_i, in ln N. Designs of one shape at every
+budget shift every vertex alike, which leaves the exponent alone; what the criterion counts is the
+rest:
 
-    expected squared error = sum h_i^2 v_i + (kappa sum h_i m_i / 6)^2
+    expected squared error = sum h_i^2 v_i + (KAPPA sum h_i b_i)^2
 
-with kappa = KAPPA (the largest |beta - alpha| of the built-in surfaces: the asymmetry's sign and
-size are unknown). Candidate sizes also stay within MAX_WINDOW of the vertex, where the cubic
-picture holds.
+Candidate sizes stay within MAX_WINDOW of the centre (or as far as the design already reaches on
+the other side, so a size placed far out can be mirrored).
 
 Choice: the candidate (budget, size) that most reduces that expected squared error per FLOP.
 """
@@ -39,7 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KAPPA = 0.2  # |beta - alpha| assumed for the window-bias term (asymmetric surface: 0.45 - 0.25)
+KAPPA = 1.0  # weight of the window-bias term (0: variance only)
+ALPHA, BETA = 0.25, 0.45  # exponents of the isoFLOP curve assumed for the window bias: the most
+# asymmetric built-in surface's (the sign of beta - alpha is unknown and does not matter here)
 MAX_WINDOW = math.log(16.0)  # candidates within this of the vertex in ln N (a factor of 16 in N)
 SPREAD = 1e-3  # weight of the budgets' own vertex variances beside the target's (tie-break)
 Z95 = 1.959964
@@ -105,22 +107,37 @@ def moments(u: np.ndarray) -> np.ndarray:
 
 def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """[(X'X)^-1]_11 and the window-bias moment m of a design in u = ln N - vertex, each also
-    with one more size at every `extra` u: arrays [1 + len(extra)] (inf / 0 when singular)."""
+    """[(X'X)^-1]_11 and the window bias (ln N) of a design in u = ln N - vertex, each also with
+    one more size at every `extra` u: arrays [1 + len(extra)] (inf / 0 when singular). The bias
+    is the vertex of the design's least-squares parabola through the isoFLOP curve of exponents
+    ALPHA, BETA (see `bias_curve`) with its minimum at u = 0."""
     u = np.asarray(u, dtype=float)
     extra = np.zeros(0) if extra is None else np.asarray(extra, dtype=float)
-    designs = [u] + [np.append(u, e) for e in extra]
-    m = np.stack([moments(d) for d in designs])
-    t = np.stack([np.array([(d**3).sum(), (d**4).sum(), (d**5).sum()]) for d in designs])
+    e = extra[:, None] ** np.arange(5)  # [k, 5]: 1, u, ..., u^4 of each added size
+    base = (u[None, :] ** np.arange(5)[:, None]).sum(-1)  # power sums of the design
+    sums = np.concatenate([base[None], base[None] + e])  # [1 + k, 5]
+    f_u, f_e = bias_curve(u), bias_curve(extra)
+    fb = (f_u[None, :] * u[None, :] ** np.arange(3)[:, None]).sum(-1)
+    fs = np.concatenate([fb[None], fb[None] + f_e[:, None] * e[:, :3]])  # [1 + k, 3]
+    m = sums[:, [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]
     det = np.linalg.det(m)
     ok = np.abs(det) > 1e-12 * np.maximum(1.0, np.abs(m).max((1, 2))) ** 3
-    var = np.full(len(designs), math.inf)
-    bias = np.zeros(len(designs))
+    var = np.full(len(sums), math.inf)
+    bias = np.zeros(len(sums))
     if ok.any():
         inv = np.linalg.inv(m[ok])
         var[ok] = inv[:, 1, 1]
-        bias[ok] = np.einsum("kj,kj->k", inv[:, 1, :], t[ok])
+        c = np.einsum("kij,kj->ki", inv, fs[ok])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shift = np.where(c[:, 2] > 0, -c[:, 1] / (2 * c[:, 2]), 0.0)
+        bias[ok] = np.clip(shift, -MAX_WINDOW, MAX_WINDOW)
     return var, bias
+
+
+def bias_curve(u: np.ndarray) -> np.ndarray:
+    """The isoFLOP curve of L = E + A/N^alpha + B/D^beta in u = ln N - ln N_opt, up to scale:
+    beta e^(-alpha u) + alpha e^(beta u), minimal at u = 0 (alpha, beta = ALPHA, BETA)."""
+    return BETA * np.exp(-ALPHA * u) + ALPHA * np.exp(BETA * u)
 
 
 def target_weights(log_c: np.ndarray, target: str, log_target: float | None = None
@@ -153,7 +170,8 @@ class BudgetDesign:
     candidates: np.ndarray
 
     def variance(self) -> tuple[np.ndarray, np.ndarray]:
-        """Vertex variance (ln N squared) and bias moment m, now and with each candidate added."""
+        """Vertex variance (ln N squared) and window bias (ln N), now and with each candidate
+        added."""
         var, bias = vertex_terms(self.design - self.vertex, self.candidates - self.vertex)
         return var * (self.sigma / (2 * self.curvature)) ** 2, bias
 
@@ -172,21 +190,23 @@ class Choice:
     candidates: int
 
 
+def _error(designs, terms, kappa, swap: int | None) -> np.ndarray:
+    """Expected squared error with the designs as they stand ([1]) or, for `swap` = i, with
+    each of budget i's candidates added ([candidates])."""
+    scale = float(np.mean([d.weight**2 for d in designs]))
+    var = bias = spread = 0.0
+    for i, (d, (v, m)) in enumerate(zip(designs, terms, strict=True)):
+        k = slice(1, None) if i == swap else slice(0, 1)
+        var = var + d.weight**2 * v[k]
+        bias = bias + d.weight * m[k]
+        spread = spread + v[k]
+    return var + (kappa * bias) ** 2 + SPREAD * scale * spread
+
+
 def expected_error(designs: list[BudgetDesign], kappa: float | None = None) -> float:
     """Expected squared error of the target under the designs as they stand."""
     kappa = KAPPA if kappa is None else kappa
-    return _error(designs, [d.variance() for d in designs], kappa, None, None)
-
-
-def _error(designs, terms, kappa, swap: int | None, j: int | None) -> float:
-    var = bias = spread = 0.0
-    scale = float(np.mean([d.weight**2 for d in designs]))
-    for i, (d, (v, m)) in enumerate(zip(designs, terms, strict=True)):
-        k = 1 + j if i == swap else 0
-        var += d.weight**2 * v[k]
-        bias += d.weight * m[k]
-        spread += v[k]
-    return var + (kappa * bias / 6) ** 2 + SPREAD * scale * spread
+    return float(_error(designs, [d.variance() for d in designs], kappa, None)[0])
 
 
 def choose(designs: list[BudgetDesign], kappa: float | None = None) -> Choice | None:
@@ -196,15 +216,20 @@ def choose(designs: list[BudgetDesign], kappa: float | None = None) -> Choice | 
         return None
     kappa = KAPPA if kappa is None else kappa
     terms = [d.variance() for d in designs]
-    before = _error(designs, terms, kappa, None, None)
+    before = float(_error(designs, terms, kappa, None)[0])
     best: Choice | None = None
     count = sum(d.candidates.size for d in designs)
     for i, d in enumerate(designs):
-        for j in range(d.candidates.size):
-            after = _error(designs, terms, kappa, i, j)
+        if not d.candidates.size:
+            continue
+        after = _error(designs, terms, kappa, i)
+        with np.errstate(invalid="ignore"):
             gain = (before - after) / d.compute
-            if math.isfinite(gain) and gain > 0 and (best is None or gain > best.gain_per_flop):
-                best = Choice(i, j, math.sqrt(before), math.sqrt(max(after, 0.0)), gain, count)
+        gain = np.where(np.isfinite(gain), gain, -np.inf)
+        j = int(np.argmax(gain))
+        if gain[j] > 0 and (best is None or gain[j] > best.gain_per_flop):
+            best = Choice(i, j, math.sqrt(before), math.sqrt(max(float(after[j]), 0.0)),
+                          float(gain[j]), count)
     return best
 
 
