@@ -129,7 +129,8 @@ def _outcome(name: str, outcome) -> None:
     print(outcome.laws_text)
     for f in outcome.figures:
         print(f"figure: {f}")
-    print(f"study {name}: {outcome.finished} trials finished, {outcome.failed} failed, "
+    print(f"study {name}: {outcome.finished + outcome.reused} trials finished "
+          f"({outcome.finished} new, {outcome.reused} reused), {outcome.failed} failed, "
           f"{outcome.wall_seconds / 60:.1f} min; MLflow study run {outcome.study_run_id}")
 
 

@@ -29,6 +29,7 @@ class StudyProgress(Callback):
         self.first_step: dict[str, float] = {}
         self.done = 0
         self.failed = 0
+        self.reused = 0  # of `done`: trials that reported the record of an earlier run
         self.t0 = time.monotonic()
         self.tracking_uri: str | None = None  # named in the warning while metrics are buffered
         self._buffering: set[str] = set()
@@ -64,6 +65,7 @@ class StudyProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
+        self.reused += bool(r.get("reused"))
         c = trial.config
         elapsed = time.monotonic() - self.started.get(trial.trial_id, self.t0)
         status = f"DIVERGED at step {int(r.get('step', -1))}" if r.get("diverged") else (
@@ -72,6 +74,8 @@ class StudyProgress(Callback):
         startup_txt = f", first step after {startup:.0f} s" if startup is not None else ""
         sweep = f"  LR sweep lr={c['lr']:.3g}" if c.get("phase") == "lr_sweep" else ""
         mfu = f"  MFU {r['mfu']:.0%}" if r.get("mfu") else ""
+        if r.get("reused"):
+            startup_txt, mfu = ", finished before (reused)", ""
         self.out(f"{self._count()} C={c['budget']:.3g} FLOPs  N={human(c['params'])} "
                  f"(d{c['depth']} w{c['width']} h{c['heads']}){sweep}  {status}  "
                  f"steps {int(r.get('step', 0))}{mfu}  {elapsed:.0f} s{startup_txt}")

@@ -88,4 +88,6 @@ def run_simulated_trial(config: dict, ctx: SimContext) -> None:
         metrics = report_metrics(ctx, config, run, k)
         if k == n - 1:  # when the simulated GPUs were busy, for occupancy measurements
             metrics.update(sim_start=start, sim_end=time.time())
+            if done:
+                metrics["reused"] = 1.0
         tune.report(metrics)

@@ -358,6 +358,10 @@ class StudySpec(_Frozen):
             raise ValueError("resources.gpus_per_trial and resources.simulated_gpus are for "
                              "trainer.kind = 'simulated'; real trials ask for workers x "
                              "gpus_per_worker")
+        if simulated and self.trainer.lr_sweep is not None:
+            raise ValueError("trainer.lr_sweep needs real training: a simulated trial's loss does "
+                             "not depend on its learning rate; remove lr_sweep or set "
+                             "trainer.kind = 'real'")
         if self.allocator.kind == "adaptive" and self.model.sizes:
             raise ValueError("allocator.kind = 'adaptive' chooses the sizes itself; remove "
                              "model.sizes or use allocator.kind = 'fixed'")
