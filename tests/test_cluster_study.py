@@ -43,8 +43,9 @@ from tests.services import MlflowServer, Postgres, RayCluster, _http, free_port,
 
 pytestmark = pytest.mark.slow
 
-# Costliest budget first: its longest trial (the one the faults hit) starts with the study.
-BUDGETS = "[4e10, 2e10]"
+# Costliest budget first (allocator.order): its longest trial (the one the faults hit) starts
+# with the study.
+BUDGETS = "[2e10, 4e10]"
 SIZES = "[2.5e4, 6.6e4, 1.2e5, 2.2e5]"
 # the largest model at the smaller budget: the others still bracket that budget's optimum
 NAN_TRIAL, NAN_STEP = "C2e10-d2w80h1", 40
@@ -121,6 +122,8 @@ def write_spec(path: Path, name: str, out: Path, data: Path, uri: str, budgets: 
         workers = 1
         cpus_per_worker = 0.5
         max_concurrent_trials = 2
+        [allocator]
+        order = "descending"
         [tracking]
         uri = "{uri}"
     """) + textwrap.dedent(extra))
