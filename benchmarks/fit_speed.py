@@ -1,98 +1,100 @@
-"""How long law fitting takes: 6 budgets x 9 sizes, 1,000 bootstrap draws, both approaches.
+"""What law fitting costs: seconds and peak memory of `fit_laws` (1,000 bootstrap draws unless
+said) on three tables, each fitted in a fresh process so that its peak resident memory
+(`resource.getrusage(...).ru_maxrss`) is its own.
 
-Goal: under 5 s on 2 cores. Approach 3's bootstrap refits every draw with scipy's L-BFGS-B,
-warm-started from the full-data optimum (`scaling.laws.parametric`). Side by side, measured in this
-run: that warm start against a cold start of each draw from the grid of starting points (what a
-fit without the full-data optimum would do), on `COLD` draws, and how far apart their answers are.
-The last line is `fit seconds: X`.
+- 54 runs (6 budgets x 9 sizes), both approaches: goal under 5 s.
+- 240 runs (6 budgets x 40 sizes), both approaches: goal under 10 s.
+- 200,000 runs (6 budgets, sizes drawn over +-0.6 decades), both approaches: goal under 60 s and
+  2 GB. Memory is bounded by one chunk of draws x runs (`bootstrap.CHUNK_CELLS`), never all of
+  them; above `varpro.ITERATED_RUNS` runs Approach 3's draws are its linearised refits.
 
-    .venv/bin/python benchmarks/fit_speed.py
+Seconds are wall-clock, median of `--repeats` runs in one process after a warm-up fit (imports
+excluded); the machine's load shows in them, so the load average is printed. The last line is
+`fit seconds: X` (the 54-run table).
+
+    .venv/bin/python benchmarks/fit_speed.py [--repeats 3] [--big 200000]
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+GOALS = {54: (5.0, None), 240: (10.0, None), 200_000: (60.0, 2.0)}  # seconds, GB
+
+WORKER = """
+import json, resource, statistics, sys, time
 import numpy as np
-
 from scaling.laws import FitOptions, fit_laws
-from scaling.laws.bootstrap import resample
-from scaling.laws.parametric import fit_parametric
 from scaling.runs_table import RunPoint
-from scaling.surface import SURFACES
+from scaling.surface import PAPER_BUDGETS, SURFACES
 
-BUDGETS = (1e17, 3e17, 6e17, 1e18, 3e18, 6e18)
-SIZES = 9
-DRAWS = 1000
-REPEATS = 3
-COLD = 50  # draws refitted from the grid of starts
-GOAL = 5.0  # seconds
-
-
-def study(seed: int = 0) -> list[RunPoint]:
-    surface, rng = SURFACES["chinchilla"], np.random.default_rng(seed)
-    points = []
-    for c in BUDGETS:
-        for n in surface.optimum(c).n_opt * np.logspace(-0.6, 0.6, SIZES):
-            points.append(RunPoint(c, float(n), float(surface.noisy_loss(n, c / (6 * n), rng))))
-    return points
-
-
-def timed(fn, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def warm_and_cold(points: list[RunPoint]) -> tuple[float, float, float, float]:
-    """Seconds per draw warm-started and cold-started, the full-data fit's seconds, and the
-    largest |alpha, beta| gap between the two on the same COLD draws."""
-    params = np.array([p.params for p in points])
-    tokens = np.array([p.tokens for p in points])
-    losses = np.array([p.loss for p in points])
-    groups = [np.arange(i * SIZES, (i + 1) * SIZES) for i in range(len(BUDGETS))]
-    r = resample(groups, params, losses, DRAWS, np.random.default_rng(1))
-    alone = timed(lambda: fit_parametric(params, tokens, losses))
+rows, draws, repeats = (int(x) for x in sys.argv[1:4])
+surface, rng = SURFACES["chinchilla"], np.random.default_rng(0)
+per = rows // len(PAPER_BUDGETS)
+points = []
+for c in PAPER_BUDGETS:
+    if per <= 60:  # a grid, as a study would run it
+        n = surface.optimum(c).n_opt * np.logspace(-0.6, 0.6, per)
+    else:
+        n = surface.optimum(c).n_opt * 10 ** rng.uniform(-0.6, 0.6, per)
+    loss = surface.noisy_loss(n, c / (6 * n), rng)
+    points += [RunPoint(compute=c, params=float(a), loss=float(b)) for a, b in zip(n, loss)]
+options = FitOptions(draws=draws)
+if rows <= 10_000:
+    fit_laws(points, FitOptions(draws=20))  # warm-up
+times = []
+for _ in range(repeats if rows <= 10_000 else 1):
     t0 = time.perf_counter()
-    fit = fit_parametric(params, tokens, losses, r.counts, r.losses)
-    warm = (time.perf_counter() - t0 - alone) / DRAWS
-    gap = 0.0
-    t0 = time.perf_counter()
-    for k in range(COLD):
-        rows = np.repeat(np.arange(params.size), r.counts[k])
-        cold = fit_parametric(params[rows], tokens[rows], r.losses[k, rows])
-        gap = max(gap, float(np.abs([cold.alpha - fit.draws[k, 3],
-                                     cold.beta - fit.draws[k, 4]]).max()))
-    return warm, (time.perf_counter() - t0) / COLD, alone, gap
+    fit = fit_laws(points, options)
+    times.append(time.perf_counter() - t0)
+only2 = time.perf_counter()
+fit_laws(points, FitOptions(draws=draws, approach3=False))
+only2 = time.perf_counter() - only2
+print(json.dumps({"seconds": statistics.median(times), "approach2": only2,
+                  "maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                  "a": fit.n_opt.exponent, "a3": fit.approach3.a}))
+"""
 
 
-def main() -> None:
-    points = study()
-    fit_laws(points, FitOptions(draws=50))  # warm-up: imports, caches
-    both = timed(lambda: fit_laws(points, FitOptions(draws=DRAWS)))
-    only2 = timed(lambda: fit_laws(points, FitOptions(draws=DRAWS, approach3=False)))
-    warm, cold, alone, gap = warm_and_cold(points)
-    print(f"law fitting: {len(BUDGETS)} budgets x {SIZES} sizes, {DRAWS} bootstrap draws, "
-          f"median of {REPEATS} runs")
-    rows = [("part", "seconds", "share of goal"),
-            ("Approach 2 (parabolas, power laws)", f"{only2:.3f}", f"{only2 / GOAL:.2f}"),
-            ("Approach 3 (grid starts, L-BFGS-B, bootstrap)", f"{both - only2:.3f}",
-             f"{(both - only2) / GOAL:.2f}"),
-            ("  of which the full-data fit from grid starts", f"{alone:.3f}",
-             f"{alone / GOAL:.2f}"),
-            ("both", f"{both:.3f}", f"{both / GOAL:.2f}")]
-    for name, value, share in rows:
-        print(f"  {name:<50}{value:>10}{share:>15}")
-    print(f"Approach 3 bootstrap, scipy L-BFGS-B seconds per draw (cold measured on {COLD} draws):")
-    print(f"  {'warm start (fit_laws)':<24}{'cold, grid of starts':<24}{'ratio':<8}"
-          "max |alpha, beta| gap")
-    print(f"  {warm:<24.2e}{cold:<24.2e}{cold / max(warm, 1e-12):<8.1f}{gap:.1e}")
-    print(f"fit seconds: {both:.3f}")
+def measure(rows: int, draws: int, repeats: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", WORKER, str(rows), str(draws), str(repeats)],
+                         cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--big", type=int, default=200_000, help="rows of the large table (0: skip)")
+    args = ap.parse_args()
+    print(f"law fitting, {args.draws} bootstrap draws, both approaches; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    rows = [("runs", "seconds", "of which Approach 2 alone", "peak memory (GB)", "goal")]
+    first = None
+    for n in (54, 240, args.big):
+        if not n:
+            continue
+        r = measure(n, args.draws, args.repeats)
+        first = r["seconds"] if first is None else first
+        seconds, gb = GOALS.get(n, (None, None))
+        goal = " and ".join(x for x in (seconds and f"< {seconds:g} s", gb and f"< {gb:g} GB")
+                            if x) or "-"
+        rows.append((f"{n:,}", f"{r['seconds']:.2f}", f"{r['approach2']:.2f}",
+                     f"{r['maxrss_gb']:.2f}", goal))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"fit seconds: {first:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
