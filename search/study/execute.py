@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from ray import tune
 from ray.tune.search import Searcher
 
+from search.errors import first_line
 from search.progress import StudyProgress
 from search.study.backend import Backend
 from search.study.session import StudySession
@@ -120,6 +121,10 @@ def execute(session: StudySession, searcher: Searcher | None, planned: int | Non
         except Exception as err:
             if storage_full(err):
                 _stop(session, _storage_line(err, session))
+            # any other end: never left "running" (a later `run` would wait on it)
+            with contextlib.suppress(Exception):
+                tracking.set_tags(session.study_run_id, {"dit.error": first_line(err)})
+                tracking.set_status(session.study_run_id, "failed")
             raise
         usage = backend.after(results) if "backend" in locals() else []
     progress = backend.progress if "backend" in locals() else None
