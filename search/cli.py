@@ -3,6 +3,8 @@
     dit-scaling run SPEC [--allocator fixed|adaptive] [--output-dir DIR]   run a study
     dit-scaling plan SPEC [--surface S] [--repeats 20]  simulate the study in-process first
     dit-scaling refine --study NAME [--budget C] [--tolerance 0.1]  tighten a finished study
+    dit-scaling validate --study NAME --budget C [--sizes 3] [--dry-run]
+                                                 train the law's optimum above the fitted budgets
     dit-scaling submit SPEC --address URL        run it on a Ray cluster as a Ray job
     dit-scaling jobs status|logs|stop ID --address URL
     dit-scaling resume --study NAME [--address URL]   continue a study whose driver stopped
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from search.errors import UsageError, store_error_line, user_errors
 from search.spec import DEFAULT_OUTPUT, SpecError, load_spec, study_name
+from search.validation_summary import LAST_VALIDATION_TAG, summary_text
 
 RUNS_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -145,6 +148,19 @@ def cmd_refine(args) -> int:
     return 0 if outcome.figures else 1
 
 
+def cmd_validate(args) -> int:
+    from search.store import check_store
+
+    check_store(args.tracking_uri, write=not args.dry_run, create=False)
+    from search.validate import validate_study
+
+    summary = validate_study(args.study, args.tracking_uri, args.budget, args.sizes,
+                             args.dry_run)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_plan(args) -> int:
     import warnings
 
@@ -260,7 +276,12 @@ def cmd_laws(args) -> int:
     excluded = run.data.tags.get("dit.excluded")
     if excluded:
         text += f"\nLeft out of the fit: {excluded}"
-    _emit(args, fit.to_dict(), text)
+    data = fit.to_dict()
+    last = run.data.tags.get(LAST_VALIDATION_TAG)
+    if last:
+        data["last_validation"] = json.loads(last)
+        text += "\nlast " + summary_text(data["last_validation"])
+    _emit(args, data, text)
     return 0
 
 
@@ -434,6 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--tolerance", type=float,
                     help="relative half-width of the N_opt 95%% interval to reach (0.1 = ±10%%)")
     rf.set_defaults(func=cmd_refine)
+
+    v = query("validate", "train the law's compute-optimal model at a budget above the fitted "
+                          "ones and compare its loss with the prediction")
+    v.add_argument("--budget", type=_positive_flops, required=True,
+                   help="FLOPs, above the study's largest budget (3-10x is a fair test)")
+    v.add_argument("--sizes", type=int, choices=[1, 3], default=1,
+                   help="3: also train x0.5 and x2 the predicted N_opt, to locate the optimum")
+    v.add_argument("--dry-run", action="store_true", help="print what it would train, and stop")
+    v.set_defaults(func=cmd_validate)
 
     address_help = "the Ray head node's dashboard URL, e.g. http://HEAD:8265"
     s = sub.add_parser("submit", help="run a study on a Ray cluster (Ray Jobs)")

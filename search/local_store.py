@@ -81,7 +81,8 @@ class LocalStore:
         return [TrialRecord(r.info.run_id, r.data.tags.get(TRIAL_KEY, r.info.run_name),
                             r.data.tags.get(STATUS, r.info.status.lower()), r.data.params,
                             r.data.metrics)
-                for r in self._runs(experiment_id, PARENT, study_run_id)]
+                for r in self._runs(experiment_id, PARENT, study_run_id)
+                if r.data.tags.get(KIND) == "trial"]
 
     def download_text(self, run_id: str, name: str, dst: Path | None = None) -> str:
         """The text of one artifact of the run, read where it lies (`dst` is not needed)."""

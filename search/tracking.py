@@ -121,8 +121,9 @@ class Tracking:
         return run.info.run_id
 
     def trial_records(self, study_run_id: str, experiment_id: str) -> list[TrialRecord]:
-        runs = self.client.search_runs([experiment_id], f"tags.`{PARENT}` = '{study_run_id}'",
-                                       max_results=50000)
+        runs = self.client.search_runs(
+            [experiment_id], f"tags.`{PARENT}` = '{study_run_id}' and tags.`{KIND}` = 'trial'",
+            max_results=50000)
         return [TrialRecord(r.info.run_id, r.data.tags.get(TRIAL_KEY, r.info.run_name),
                             r.data.tags.get(STATUS, r.info.status.lower()), dict(r.data.params),
                             dict(r.data.metrics)) for r in runs]

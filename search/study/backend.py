@@ -233,8 +233,9 @@ class Backend:
             fid_reference(session)
             fn = tune.with_parameters(run_trial, ctx=study_context(session))
             backend.trainable, backend.concurrency = tune.with_resources(fn, trial_resources), k
-            backend.callbacks = [StorageGuard(spec.storage_path, spec.name),
-                                 RunsTableWriter(spec, session.experiment)]
+            backend.callbacks = [StorageGuard(spec.storage_path, spec.name)]
+            if session.kind == "study":  # the runs table holds isoFLOP points only
+                backend.callbacks.append(RunsTableWriter(spec, session.experiment))
         gpus = cluster.get("GPU", 0)
         session.out(f"Ray: up to {k} trials at a time"
                     + (f" on {gpus:g} GPUs" + (" (simulated)" if spec.simulated else "")

@@ -54,6 +54,7 @@ class StudySession:
     template: DiTConfig
     out: Callable[[str], None]
     planned: int | None = None
+    kind: str = "study"  # or "validation": trials that check the law, not isoFLOP points
 
     @contextlib.contextmanager
     def driving(self) -> Iterator[None]:

@@ -1,0 +1,159 @@
+"""`dit-scaling validate`: train the law's compute-optimal model at a budget above every fitted
+one, and hold the law to it.
+
+The paper's strongest evidence is such a check (its predicted ~1B model at 1.5e21 FLOPs matched
+the loss law). Here the study's fitted law predicts, at `budget` FLOPs, N_opt with its interval
+and the loss at the optimum; the validation trains the nearest ladder size to N_opt (with
+`sizes=3`, also x0.5 and x2 around it) as ordinary trials of the study, through the same flow as
+`run`, nested under a validation run (`dit.kind = validation`) under the study run. They are not
+isoFLOP points of the study: the law is not refitted on them. The result (predicted against
+measured loss, and with three sizes whether the measured optimum, the vertex of a parabola in
+log N through them, lies in the predicted N_opt interval) is logged on the validation run, which
+`laws` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from scaling.ladder import nearest
+from scaling.laws.result import Prediction
+from search.grid import GridSearcher, TrialSpec, plan, trial_config
+from search.records import KIND, PARENT, STATUS, STUDY
+from search.results import load_laws
+from search.spec import SpecError
+from search.study.execute import execute
+from search.study.proposers import ReuseFinished
+from search.study.session import StudySession, open_session
+from search.validation_summary import LAST_VALIDATION_TAG, VALIDATION_TAG, summary_text
+
+SIZE_FACTORS = {1: (1.0,), 3: (0.5, 1.0, 2.0)}
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """What a validation trains: trials at `budget` FLOPs around the predicted N_opt."""
+
+    study: str
+    budget: float
+    decades: float  # log10(budget / largest fitted budget)
+    prediction: Prediction
+    trials: tuple[TrialSpec, ...]
+    steps: tuple[int, ...]
+
+    def text(self) -> str:
+        p = self.prediction
+        lines = [f"validation of study {self.study} at C = {self.budget:.3g} FLOPs (6ND or the "
+                 f"study's convention, a multiply-add = 2 FLOPs), {self.decades:.2f} decades above "
+                 "the largest fitted budget",
+                 f"  predicted N_opt {p.n_opt.text()} parameters, loss at the optimum "
+                 f"{p.loss.text()}"]
+        for t, steps in zip(self.trials, self.steps, strict=True):
+            lines.append(f"  train {t.key}: N = {t.params:,} parameters, "
+                         f"D = {self.budget / (6 * t.params):.3g} tokens, {steps} steps, "
+                         f"{self.budget:.3g} FLOPs")
+        lines.append(f"  total {self.budget * len(self.trials):.3g} FLOPs")
+        return "\n".join(lines)
+
+
+def plan_validation(session: StudySession, budget: float, sizes: int) -> ValidationPlan:
+    """The trials a validation at `budget` would train, checked against the study's law."""
+    if sizes not in SIZE_FACTORS:
+        raise SpecError(f"--sizes {sizes}: give 1 or 3")
+    spec = session.spec
+    fit, _ = load_laws(session.tracking, spec.name)
+    largest = fit.compute_range[1]
+    if not budget > largest:
+        raise SpecError(f"--budget {budget:g}: a validation needs a budget above the largest "
+                        f"fitted one ({largest:g} FLOPs)")
+    prediction = fit.predict(budget)
+    if not (prediction.n_opt.value > 0 and math.isfinite(prediction.n_opt.value)):
+        raise SpecError(f"study {spec.name!r}: its N_opt law gives no size at {budget:g} FLOPs")
+    trials, seen = [], set()
+    for factor in SIZE_FACTORS[sizes]:
+        shape, n = nearest(prediction.n_opt.value * factor, session.template)
+        if shape not in seen:
+            seen.add(shape)
+            trials.append(TrialSpec(budget, shape, n))
+    steps = tuple(plan(spec, session.template, t).steps for t in trials)
+    return ValidationPlan(spec.name, budget, math.log10(budget / largest), prediction,
+                          tuple(trials), steps)
+
+
+def measured_optimum(params: list[float], losses: list[float]) -> float | None:
+    """The vertex of the parabola in log10 N through three or more points (None without a
+    minimum between them)."""
+    if len(params) < 3:
+        return None
+    x = np.log10(params)
+    c2, c1, _ = np.polyfit(x, losses, 2)
+    if c2 <= 0:
+        return None
+    vertex = -c1 / (2 * c2)
+    if not x.min() <= vertex <= x.max():
+        return None
+    return float(10 ** vertex)
+
+
+def validate_study(study: str, tracking_uri: str, budget: float, sizes: int = 1,
+                   dry_run: bool = False, out: Callable[[str], None] = print) -> dict:
+    """Plan (and unless `dry_run`, train and compare) a validation; returns its summary."""
+    session, run = open_session(study, tracking_uri, out)
+    vplan = plan_validation(session, budget, sizes)
+    out(vplan.text())
+    if dry_run:
+        return {"dry_run": True, "budget": budget, "trials": [t.key for t in vplan.trials]}
+    tracking, spec = session.tracking, session.spec
+    exp = run.info.experiment_id
+    vrun = tracking.client.create_run(exp, run_name=f"{spec.name}-validate-{budget:.3g}", tags={
+        KIND: "validation", STUDY: spec.name, PARENT: session.study_run_id, STATUS: "running"})
+    vid = vrun.info.run_id
+    tracking.log_params(vid, {"budget": f"{budget:.6g}", "sizes": str(sizes),
+                              "decades": f"{vplan.decades:.3f}"})
+    vsession = replace(session, study_run_id=vid, kind="validation",
+                       experiment=f"{session.experiment}-validate-{vid[:8]}")
+    configs = [{**trial_config(spec, session.template, t), "phase": "validation"}
+               for t in vplan.trials]
+    searcher = ReuseFinished(GridSearcher(configs), tracking.uri, spec.name, vid)
+    execute(vsession, searcher, len(configs))
+    summary = _compare(vplan, tracking.trial_records(vid, exp), spec.metric)
+    tracking.set_tags(vid, {VALIDATION_TAG: json.dumps(summary)})
+    tracking.set_tags(session.study_run_id, {LAST_VALIDATION_TAG: json.dumps(summary)})
+    tracking.log_metrics(vid, {k: v for k, v in summary.items()
+                               if isinstance(v, float) and math.isfinite(v)})
+    tracking.set_status(vid, "finished")
+    out(summary_text(summary))
+    return summary
+
+
+def _compare(vplan: ValidationPlan, records, metric: str) -> dict:
+    p = vplan.prediction
+    by_key = {r.trial_key: r for r in records if r.status == "finished"}
+    centre = next(t for t in vplan.trials
+                  if t.params == min((t.params for t in vplan.trials),
+                                     key=lambda n: abs(math.log(n / p.n_opt.value))))
+    measured = by_key.get(centre.key)
+    loss = measured.metrics.get(metric) if measured else None
+    summary: dict = {"budget": vplan.budget, "decades": vplan.decades, "metric": metric,
+                     "predicted_loss": p.loss.value, "predicted_n_opt": p.n_opt.value,
+                     "trial": centre.key, "params": float(centre.params)}
+    if p.loss.ci is not None:
+        summary["predicted_loss_lo"], summary["predicted_loss_hi"] = map(float, p.loss.ci)
+    if p.n_opt.ci is not None:
+        summary["predicted_n_opt_lo"], summary["predicted_n_opt_hi"] = map(float, p.n_opt.ci)
+    if loss is not None:
+        summary["measured_loss"] = float(loss)
+        summary["loss_error"] = float(loss / p.loss.value - 1)
+    points = [(float(t.params), by_key[t.key].metrics[metric]) for t in vplan.trials
+              if t.key in by_key and metric in by_key[t.key].metrics]
+    if len(vplan.trials) == 3:
+        vertex = measured_optimum([n for n, _ in points], [v for _, v in points])
+        summary["measured_n_opt"] = vertex
+        if vertex is not None and p.n_opt.ci is not None:
+            summary["n_opt_in_interval"] = bool(p.n_opt.ci[0] <= vertex <= p.n_opt.ci[1])
+    return summary

@@ -1,0 +1,97 @@
+"""`dit-scaling validate` on a simulated study (paper surface) on a real local Ray and SQLite
+MLflow store: the law's optimum at a budget above the fitted ones, trained as trials of the
+study (nested under a validation run, not refitted), compared with the prediction."""
+
+import json
+import math
+import textwrap
+
+import pytest
+import ray
+
+from search.cli import main
+from search.records import KIND, PARENT
+from search.tracking import Tracking
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("validate")
+    spec = out / "v.toml"
+    spec.write_text(textwrap.dedent(f"""
+        name = "v"
+        seed = 5
+        budgets = [1e17, 3e17, 1e18]
+        output_dir = "{out}"
+        [model]
+        sizes_per_budget = 5
+        size_spacing = 2.0
+        [trainer]
+        kind = "simulated"
+        batch_size = 256
+        reports = 3
+        [allocator]
+        prior = "paper"
+        [resources]
+        max_concurrent_trials = 2
+    """))
+    try:
+        assert main(["run", str(spec)]) == 0
+    finally:
+        ray.shutdown()
+    return f"sqlite:///{out / 'mlflow.db'}"
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    finally:
+        ray.shutdown()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_dry_run_prints_the_trials_and_their_flops_and_trains_nothing(study, capsys):
+    code, out, _ = cli(capsys, "validate", "--study", "v", "--budget", "3e18", "--sizes", "3",
+                       "--dry-run", "--tracking-uri", study)
+    assert code == 0
+    assert "0.48 decades above the largest fitted budget" in out
+    assert out.count("  train C3e18-") == 3 and "total 9e+18 FLOPs" in out
+    tracking = Tracking(study)
+    runs = tracking.client.search_runs([tracking.experiment_id("v")],
+                                       f"tags.`{KIND}` = 'validation'")
+    assert runs == []
+
+
+def test_a_budget_inside_the_fitted_range_is_refused(study, capsys):
+    code, _, err = cli(capsys, "validate", "--study", "v", "--budget", "5e17",
+                       "--tracking-uri", study)
+    assert code == 2 and "above the largest fitted one (1e+18 FLOPs)" in err
+
+
+def test_the_law_is_held_to_a_budget_it_never_saw(study, capsys):
+    tracking = Tracking(study)
+    parent = tracking.latest_study_run("v")
+    trials_before = len(tracking.trial_records(parent.info.run_id, parent.info.experiment_id))
+    code, out, _ = cli(capsys, "validate", "--study", "v", "--budget", "3e18", "--sizes", "3",
+                       "--tracking-uri", study, "--json")
+    assert code == 0
+    summary = json.loads(out[out.index("{"):])
+    # the simulated trials follow the paper surface, whose frontier the law was fitted on
+    assert abs(summary["loss_error"]) < 0.03, summary
+    assert summary["measured_n_opt"] is not None
+    assert abs(math.log(summary["measured_n_opt"] / summary["predicted_n_opt"])) < math.log(2)
+    runs = tracking.client.search_runs([parent.info.experiment_id],
+                                       f"tags.`{KIND}` = 'validation'")
+    assert len(runs) == 1 and runs[0].data.tags[PARENT] == parent.info.run_id
+    validation = runs[0].info.run_id
+    assert len(tracking.trial_records(validation, parent.info.experiment_id)) == 3
+    # not isoFLOP points of the study: the study's own trials are unchanged
+    assert len(tracking.trial_records(parent.info.run_id,
+                                      parent.info.experiment_id)) == trials_before
+    code, out, _ = cli(capsys, "laws", "--study", "v", "--tracking-uri", study)
+    assert code == 0 and "last validation at C = 3e+18 FLOPs" in out
+    assert "predicted" in out and "measured" in out
