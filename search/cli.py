@@ -268,11 +268,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_laws(args) -> int:
+    if args.versions:
+        return _law_versions(args)
     tracking = _tracking(args)
     from search.results import load_laws
 
     fit, run = load_laws(tracking, args.study)
-    text = f"study {args.study} (study run {run.info.run_id})\n{fit.table()}"
+    version = run.data.tags.get("dit.law_version")
+    shown = (f", law version {version} of model dit-scaling-{args.study} from "
+             f"{run.data.tags.get('dit.law_trials', '?')} trials" if version else "")
+    text = f"study {args.study} (study run {run.info.run_id}{shown})\n{fit.table()}"
     excluded = run.data.tags.get("dit.excluded")
     if excluded:
         text += f"\nLeft out of the fit: {excluded}"
@@ -285,11 +290,52 @@ def cmd_laws(args) -> int:
     return 0
 
 
+def _law_source(text: str) -> str:
+    if text == "paper" or text.startswith("models:/"):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give 'paper' or models:/NAME/VERSION "
+                                     "(or models:/NAME@ALIAS)")
+
+
+def _registry(args):
+    """The store as MLflow itself (the model registry), checked first."""
+    from search.store import check_store, limit_http_retries
+
+    limit_http_retries()
+    check_store(args.tracking_uri, write=False)
+    from search.tracking import Tracking
+
+    return Tracking(args.tracking_uri)
+
+
+def _law_versions(args) -> int:
+    import time
+
+    from search.law_registry import law_versions, model_name
+
+    versions = law_versions(_registry(args), args.study)
+    rows = [("version", "registered (UTC)", "trials", "aliases", "study run", "git commit")]
+    for v in versions:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(v.created_ms / 1000))
+        rows.append((str(v.version), when, v.tags.get("trials", "?"),
+                     ",".join(v.aliases) or "-", v.run_id, v.tags.get("git_commit", "-")[:12]))
+    from scaling.laws.result import text_columns
+
+    _emit(args, {"model": model_name(args.study), "versions": [v.__dict__ for v in versions]},
+          f"model {model_name(args.study)}: {len(versions)} versions (newest first)\n"
+          + text_columns(rows))
+    return 0
+
+
 def _law(args):
     if args.law == "paper":
         from scaling.laws import paper_law
 
         return paper_law(), "the paper's published law"
+    if args.law:
+        from search.law_registry import law_from_model
+
+        return law_from_model(_registry(args), args.law)
     if not args.study:
         raise UsageError("give --study NAME or --law paper")
     tracking = _tracking(args)
@@ -322,7 +368,7 @@ def cmd_fit(args) -> int:
         raise UsageError(str(err)) from err
     fit = fit_laws(points, options)
     if tracking is not None:
-        _log_fit(args, tracking, fit)
+        _log_fit(args, tracking, fit, points)
     _emit(args, fit.to_dict(), fit.table())
     return 0
 
@@ -337,21 +383,20 @@ def _fit_store(args):
     return tracking
 
 
-def _log_fit(args, tracking, fit) -> None:
+def _log_fit(args, tracking, fit, points) -> None:
     import tempfile
 
     from search.records import LAWS_FILE
-    from search.results import law_metrics
+    from search.results import log_law
 
     run_id = tracking.start_study_run(args.study, {"source": str(Path(args.runs).resolve())})
     with tempfile.TemporaryDirectory() as tmp:
-        laws = Path(tmp) / LAWS_FILE
-        laws.write_text(fit.to_json(indent=1))
-        tracking.log_artifacts(run_id, [laws, Path(args.runs)])
-    tracking.log_metrics(run_id, law_metrics(fit))
-    tracking.set_tags(run_id, {"dit.laws": "1"})
+        # the runs file holds no MLflow trial runs: the version names its rows instead
+        version = log_law(tracking, args.study, run_id, fit, Path(tmp) / LAWS_FILE,
+                          [Path(args.runs)], [p.trial or f"row{i}" for i, p in enumerate(points)])
     tracking.set_status(run_id, "finished")
-    print(f"logged to MLflow {tracking.uri}: study {args.study}, run {run_id}", file=sys.stderr)
+    print(f"logged to MLflow {tracking.uri}: study {args.study}, run {run_id}, law version "
+          f"{version}", file=sys.stderr)
 
 
 def _fit_source(args, source: str):
@@ -484,10 +529,15 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(func=cmd_resume)
 
     query("status", "trials done, running and failed").set_defaults(func=cmd_status)
-    query("laws", "the fitted laws of a study").set_defaults(func=cmd_laws)
+    lw = query("laws", "the fitted laws of a study")
+    lw.add_argument("--versions", action="store_true",
+                    help="list the registered versions of the study's law (dit-scaling-NAME)")
+    lw.set_defaults(func=cmd_laws)
     pr = query("predict", "N_opt, D_opt, loss and FID at a budget")
     pr.add_argument("--budget", type=_positive_flops, required=True, help="compute, FLOPs")
-    pr.add_argument("--law", choices=["paper"], help="use the paper's published law")
+    pr.add_argument("--law", type=_law_source,
+                    help="'paper' (the published law), or a registered version: "
+                         "models:/dit-scaling-NAME/3 or models:/dit-scaling-NAME@ALIAS")
     pr.set_defaults(func=cmd_predict)
 
     f = query("fit", "fit laws from a runs table (CSV or Parquet)", study=False)

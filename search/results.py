@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
 from scaling.runs_table import RunPoint, write_runs
 from search.errors import TrackingError
-from search.records import LAWS_FILE, TrialRecord
+from search.records import LAWS_FILE, LAWS_TAG, TrialRecord
 from search.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -74,13 +74,32 @@ def study_dir(spec: StudySpec) -> Path:
     return spec.output_path / "studies" / spec.name
 
 
+def log_law(tracking: Tracking, study: str, run_id: str, fit: LawFit, laws_path: Path,
+            artifacts: list[Path], trial_run_ids: list[str],
+            dataset_hash: str | None = None) -> int:
+    """The one writer of a fitted law in MLflow: `laws.json` and `artifacts` on the study run,
+    the law metrics, and a new registered version of `dit-scaling-<study>`; its version."""
+    from search.law_registry import provenance, register_law
+
+    laws_path.write_text(fit.to_json(indent=1))
+    tracking.log_artifacts(run_id, [laws_path, *artifacts])
+    tracking.log_metrics(run_id, law_metrics(fit))
+    version = register_law(tracking, study, run_id, laws_path,
+                           provenance(fit, trial_run_ids, dataset_hash), trial_run_ids)
+    tracking.set_tags(run_id, {LAWS_TAG: "1"})
+    return version
+
+
 def fit_and_log(tracking: Tracking, spec: StudySpec, study_run_id: str,
-                out: Callable[[str], None]) -> tuple[str, list[Path]]:
-    """Fit the study's finished trials, log laws, table and figures to the study run."""
+                out: Callable[[str], None], dataset_hash: str | None = None
+                ) -> tuple[str, list[Path]]:
+    """Fit the study's finished trials, log laws, table and figures to the study run, and
+    register the law as a new model version."""
     from scaling.figures import isoflop_figure, power_law_figure  # matplotlib: only when fitting
 
     experiment = tracking.experiment_id(spec.name)
-    points, excluded = trial_points(tracking.trial_records(study_run_id, experiment), spec.metric)
+    records = tracking.trial_records(study_run_id, experiment)
+    points, excluded = trial_points(records, spec.metric)
     folder = study_dir(spec)
     folder.mkdir(parents=True, exist_ok=True)
     table = write_runs(points, folder / RUNS_FILE) if points else None
@@ -98,11 +117,13 @@ def fit_and_log(tracking: Tracking, spec: StudySpec, study_run_id: str,
         return message, []
     figures = [isoflop_figure(fit, folder / "isoflop.png"),
                power_law_figure(fit, folder / "power_laws.png")]
-    laws_path = folder / LAWS_FILE
-    laws_path.write_text(fit.to_json(indent=1))
-    tracking.log_artifacts(study_run_id, [laws_path, *figures])
-    tracking.log_metrics(study_run_id, law_metrics(fit))
-    tracking.set_tags(study_run_id, {"dit.laws": "1"})
+    run_ids = {r.trial_key: r.run_id for r in records}
+    version = log_law(tracking, spec.name, study_run_id, fit, folder / LAWS_FILE, figures,
+                      [run_ids[p.trial] for p in points if p.trial in run_ids], dataset_hash)
+    from search.law_registry import model_name
+
+    out(f"law registered: model {model_name(spec.name)} version {version} "
+        f"(from {len(points)} trials)")
     text = fit.table()
     if excluded:
         text += "\nLeft out of the fit: " + "; ".join(excluded)

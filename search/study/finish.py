@@ -59,7 +59,8 @@ def finish(session: StudySession, execution: Execution, t0: float,
     if decisions:
         tracking.client.log_text(session.study_run_id, json.dumps(decisions, indent=1),
                                  DECISIONS_FILE)
-    laws_text, figures = fit_and_log(tracking, session.spec, session.study_run_id, out)
+    laws_text, figures = fit_and_log(tracking, session.spec, session.study_run_id, out,
+                                     session.info.content_hash if session.info else None)
     startup = progress.startup_seconds()
     if startup:
         median = sorted(startup)[len(startup) // 2]
