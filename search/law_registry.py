@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -58,11 +59,13 @@ def register_law(tracking, study: str, run_id: str, laws_path: Path,
         code = Path(tmp) / "code"
         shutil.copytree(Path(scaling.__file__).parent, code / "scaling",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        mlflow.pyfunc.save_model(str(model_dir), python_model=str(Path(__file__).parent
-                                                                   / "law_pyfunc.py"),
-                                 artifacts={"laws": str(laws_path)},
-                                 code_paths=[str(code / "scaling")],
-                                 pip_requirements=PIP_REQUIREMENTS, signature=_signature())
+        with warnings.catch_warnings():  # advice on type hints and input examples: the
+            warnings.simplefilter("ignore", UserWarning)  # signature below is explicit
+            mlflow.pyfunc.save_model(str(model_dir),
+                                     python_model=str(Path(__file__).parent / "law_pyfunc.py"),
+                                     artifacts={"laws": str(laws_path)},
+                                     code_paths=[str(code / "scaling")],
+                                     pip_requirements=PIP_REQUIREMENTS, signature=_signature())
         (model_dir / "trials.json").write_text(json.dumps(sorted(trial_run_ids)))
         client.log_artifacts(run_id, str(model_dir), MODEL_PATH)
     name = model_name(study)
