@@ -184,6 +184,8 @@ def main() -> int:
             cheaper = [b for b in base if b.flops <= f * LEVEL_MATCH]
             usable = [b for b in cheaper if b.stats(truth)["fitted"] == args.seeds] or cheaper
             best = min(usable, key=lambda b: np.nan_to_num(b.stats(truth)["rmse"], nan=np.inf))
+            if not np.isfinite(best.stats(truth)["rmse"]):
+                continue  # no baseline at this cost gave a law: nothing to compare with
             r = o.stats(truth)["rmse"] / best.stats(truth)["rmse"]
             ratios.append((r, f, best.name))
         worst = max(ratios)

@@ -460,7 +460,7 @@ class Allocator:
     def _designs(self, eligible: list[Budget]) -> tuple[list[BudgetDesign], list[Budget],
                                                          list[np.ndarray]]:
         """The criterion's view of every budget with an optimum; `eligible` ones get
-        candidates (free sizes within MAX_WINDOW of the vertex)."""
+        candidates (free sizes within `design.window` of the centre)."""
         line = self._line()
         weights = dict(zip([b.compute for b in line], target_weights(
             np.log([b.compute for b in line]), self.a.target,
@@ -474,9 +474,9 @@ class Allocator:
         for (b, f), c2, centre in zip(with_fit, curvatures, centres, strict=True):
             x = np.log([float(p.params) for p in b.points.values() if p.state != "failed"])
             free = self._free(b) if b in eligible else np.zeros(0, dtype=np.int64)
-            # Within MAX_WINDOW of the centre, or as far as the design already reaches on the
+            # Within the window of the centre, or as far as the design already reaches on the
             # other side: a size that far out can only be balanced by its mirror image.
-            reach = max(design.MAX_WINDOW, float(np.max(np.abs(x - centre))))
+            reach = max(design.window(sigma), float(np.max(np.abs(x - centre))))
             free = free[np.abs(self.catalogue.log_n[free] - centre) <= reach]
             designs.append(BudgetDesign(b.compute, weights[b.compute], x, centre, c2,
                                         sigma * f.loss_opt, self.catalogue.log_n[free]))

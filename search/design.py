@@ -26,8 +26,9 @@ rest:
 
     expected squared error = sum h_i^2 v_i + (KAPPA sum h_i b_i)^2
 
-Candidate sizes stay within MAX_WINDOW of the centre (or as far as the design already reaches on
-the other side, so a size placed far out can be mirrored).
+Candidate sizes stay within `window(noise)` of the centre (MAX_WINDOW at 0.5% noise, wider as the
+noise grows), or as far as the design already reaches on the other side, so that a size placed far
+out can be mirrored.
 
 Choice: the candidate (budget, size) that most reduces that expected squared error per FLOP.
 """
@@ -42,7 +43,9 @@ import numpy as np
 KAPPA = 1.0  # weight of the window-bias term (0: variance only)
 ALPHA, BETA = 0.25, 0.45  # exponents of the isoFLOP curve assumed for the window bias: the most
 # asymmetric built-in surface's (the sign of beta - alpha is unknown and does not matter here)
-MAX_WINDOW = math.log(16.0)  # candidates within this of the vertex in ln N (a factor of 16 in N)
+MAX_WINDOW = math.log(16.0)  # candidates within this of the centre in ln N at WINDOW_NOISE ...
+WIDEST_WINDOW = math.log(64.0)  # ... widening as sqrt(noise) up to this (the parabola's rise
+WINDOW_NOISE = 0.005  # over the window keeps pace with the noise)
 SPREAD = 1e-3  # weight of the budgets' own vertex variances beside the target's (tie-break)
 Z95 = 1.959964
 
@@ -130,7 +133,7 @@ def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None
         c = np.einsum("kij,kj->ki", inv, fs[ok])
         with np.errstate(divide="ignore", invalid="ignore"):
             shift = np.where(c[:, 2] > 0, -c[:, 1] / (2 * c[:, 2]), 0.0)
-        bias[ok] = np.clip(shift, -MAX_WINDOW, MAX_WINDOW)
+        bias[ok] = np.clip(shift, -WIDEST_WINDOW, WIDEST_WINDOW)
     return var, bias
 
 
@@ -138,6 +141,13 @@ def bias_curve(u: np.ndarray) -> np.ndarray:
     """The isoFLOP curve of L = E + A/N^alpha + B/D^beta in u = ln N - ln N_opt, up to scale:
     beta e^(-alpha u) + alpha e^(beta u), minimal at u = 0 (alpha, beta = ALPHA, BETA)."""
     return BETA * np.exp(-ALPHA * u) + ALPHA * np.exp(BETA * u)
+
+
+def window(noise: float) -> float:
+    """Half-width (ln N) of the sizes a budget may add around its centre, at a relative loss
+    noise `noise`: where a parabola rises a set number of noise sds, which grows as sqrt(noise)."""
+    return float(np.clip(MAX_WINDOW * math.sqrt(noise / WINDOW_NOISE), MAX_WINDOW,
+                         WIDEST_WINDOW))
 
 
 def target_weights(log_c: np.ndarray, target: str, log_target: float | None = None
