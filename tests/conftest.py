@@ -45,3 +45,26 @@ def study_key_home(tmp_path_factory):
         os.environ.pop("XDG_CONFIG_HOME", None)
     else:
         os.environ["XDG_CONFIG_HOME"] = before
+
+
+@pytest.fixture(scope="session")
+def run_study():
+    """`run_study(folder, spec_text)`: write the TOML (with `output_dir` set to `folder`) as
+    `folder/study.toml`, run `dit-scaling run` on it with an embedded Ray, always shut Ray down,
+    and return (spec path, exit code, the study's SQLite tracking URI)."""
+    import textwrap
+
+    import ray
+
+    from search.cli import main
+
+    def run(folder, text: str):
+        spec = folder / "study.toml"
+        spec.write_text(f'output_dir = "{folder}"\n' + textwrap.dedent(text))
+        try:
+            code = main(["run", str(spec)])
+        finally:
+            ray.shutdown()
+        return spec, code, f"sqlite:///{folder / 'mlflow.db'}"
+
+    return run

@@ -3,7 +3,6 @@ then `laws`, `predict` and `status` answering from MLflow alone."""
 
 import json
 import shutil
-import textwrap
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,14 +15,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def study(tiny_data, tiny_clip, tmp_path_factory):
+def study(tiny_data, tiny_clip, tmp_path_factory, run_study):
     out = tmp_path_factory.mktemp("e2e")
-    spec = out / "e2e.toml"
-    spec.write_text(textwrap.dedent(f"""
+    _, code, uri = run_study(out, f"""
         name = "e2e"
         budgets = [2e10, 2e11]
         metric = "val_loss"
-        output_dir = "{out}"
         [model]
         sizes = [3e4, 6e4, 1.2e5, 2.4e5]
         [data]
@@ -41,12 +38,8 @@ def study(tiny_data, tiny_clip, tmp_path_factory):
         fid_reference_samples = 64
         sampler_steps = 2
         cfg_scale = 1.0
-    """))
-    try:
-        code = main(["run", str(spec)])
-    finally:
-        ray.shutdown()
-    return out, code, f"sqlite:///{out / 'mlflow.db'}"
+    """)
+    return out, code, uri
 
 
 def run_cli(capsys, *args) -> str:

@@ -3,7 +3,6 @@ allocator recovers the `paper` surface's exponent, a plan predicts the run trial
 `refine` tightens a chosen budget under the same study run."""
 
 import json
-import textwrap
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,14 +22,11 @@ BUDGETS = "[1e17, 3e17, 6e17, 1e18, 3e18, 6e18]"
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
-    spec = out / "sim.toml"
-    spec.write_text(textwrap.dedent(f"""
+def study(tmp_path_factory, run_study):
+    return run_study(tmp_path_factory.mktemp("sim"), f"""
         name = "sim"
         seed = 4
         budgets = {BUDGETS}
-        output_dir = "{out}"
         [trainer]
         kind = "simulated"
         surface = "paper"
@@ -42,12 +38,7 @@ def study(tmp_path_factory):
         spacing = 3.0
         [resources]
         max_concurrent_trials = 1
-    """))
-    try:
-        code = main(["run", str(spec)])
-    finally:
-        ray.shutdown()
-    return spec, code, f"sqlite:///{out / 'mlflow.db'}"
+    """)
 
 
 def test_the_study_recovers_the_paper_exponent_within_its_interval(study):

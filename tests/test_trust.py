@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import shutil
-import textwrap
 
 import pytest
 import ray
@@ -66,13 +65,11 @@ def test_the_key_is_private_and_signatures_bind_every_field():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, run_study):
     out = tmp_path_factory.mktemp("trust")
-    spec = out / "trusted.toml"
-    spec.write_text(textwrap.dedent(f"""
+    _, code, uri = run_study(out, """
         name = "trusted"
         budgets = [1e17, 3e17]
-        output_dir = "{out}"
         [model]
         sizes_per_budget = 5
         tokens_per_param = 1000.0
@@ -82,12 +79,8 @@ def study(tmp_path_factory):
         reports = 3
         [resources]
         max_concurrent_trials = 1
-    """))
-    try:
-        assert main(["run", str(spec)]) == 0
-    finally:
-        ray.shutdown()
-    uri = f"sqlite:///{out / 'mlflow.db'}"
+    """)
+    assert code == 0
     tracking = Tracking(uri)
     run = tracking.latest_study_run("trusted")
     return out, uri, tracking, run.info.run_id, dict(run.data.tags)

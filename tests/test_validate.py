@@ -4,7 +4,6 @@ study (nested under a validation run, not refitted), compared with the predictio
 
 import json
 import math
-import textwrap
 
 import pytest
 import ray
@@ -17,14 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("validate")
-    spec = out / "v.toml"
-    spec.write_text(textwrap.dedent(f"""
+def study(tmp_path_factory, run_study):
+    _, code, uri = run_study(tmp_path_factory.mktemp("validate"), """
         name = "v"
         seed = 5
         budgets = [1e17, 3e17, 1e18]
-        output_dir = "{out}"
         [model]
         sizes_per_budget = 5
         size_spacing = 2.0
@@ -36,12 +32,9 @@ def study(tmp_path_factory):
         prior = "paper"
         [resources]
         max_concurrent_trials = 2
-    """))
-    try:
-        assert main(["run", str(spec)]) == 0
-    finally:
-        ray.shutdown()
-    return f"sqlite:///{out / 'mlflow.db'}"
+    """)
+    assert code == 0
+    return uri
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
