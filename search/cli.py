@@ -603,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         line = _error_line(err)
         if line is None:
             raise
-        print(f"dit-scaling {args.command}: {line}", file=sys.stderr)
+        from search.credentials import redact
+
+        print(redact(f"dit-scaling {args.command}: {line}"), file=sys.stderr)
         driver = sys.modules.get("search.driver")
         return 3 if driver and isinstance(err, driver.StudyStopped) else 2
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 CREDENTIALS_FILE = "~/.mlflow/credentials"  # MLflow's own: mlflow.utils.credentials
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
@@ -30,17 +31,12 @@ class InsecureSecretError(PermissionError):
     """A secret would be exposed: a file others can read, or a secret sent in clear."""
 
 
-def masked_uri(uri: str | None) -> str:
-    """`uri` with any password (and user name) in it replaced by `***`, for printing."""
-    if not uri or "://" not in uri:
-        return uri or ""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the `user:password@` of every URI in it replaced by `***@`."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 def has_embedded_credentials(uri: str | None) -> bool:

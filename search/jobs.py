@@ -34,7 +34,7 @@ from search.credentials import (
     check_private_file,
     check_secret_transport,
     has_embedded_credentials,
-    masked_uri,
+    redact,
 )
 from search.spec import SpecError, StudySpec, load_spec
 
@@ -257,7 +257,7 @@ def status_lines(info) -> list[str]:
     lines = [f"job {info.submission_id}: {info.status.value}"]
     if meta.get("dit.study"):
         lines.append(f"study: {meta['dit.study']} "
-                     f"(MLflow {masked_uri(meta.get('dit.tracking_uri')) or '?'})")
+                     f"(MLflow {redact(meta.get('dit.tracking_uri') or '?')})")
     if info.start_time:
         end = info.end_time / 1000 if info.end_time else time.time()
         lines.append(f"running time: {end - info.start_time / 1000:.0f} s")

@@ -60,16 +60,29 @@ def test_the_token_is_never_sent_in_clear_off_this_machine(monkeypatch):
 
 
 def test_credentials_in_a_tracking_uri_are_refused_and_masked():
-    from search.credentials import masked_uri
+    from search.credentials import redact
 
     spec = parse_spec({"name": "s", "budgets": [1e10, 2e10], "output_dir": "/shared/runs",
                        "tracking": {"uri": "https://dit:s3cret-canary@mlflow.example.com"}})
     with pytest.raises(JobError, match="carries credentials") as err:
         study_tracking_uri(spec)
     assert "s3cret-canary" not in str(err.value)
-    assert masked_uri("https://dit:s3cret-canary@mlflow.example.com:5000/x") == \
+    assert redact("https://dit:s3cret-canary@mlflow.example.com:5000/x") == \
         "https://***@mlflow.example.com:5000/x"
-    assert masked_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+def test_a_command_never_prints_the_password_of_a_uri(capsys):
+    from search.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://dit:s3cret-canary@127.0.0.1:{port}"
+    assert main(["laws", "--study", "x", "--tracking-uri", uri]) == 2
+    captured = capsys.readouterr()
+    assert "s3cret-canary" not in captured.err + captured.out
+    assert f"http://***@127.0.0.1:{port}" in captured.err
 
 
 def test_a_submitted_spec_must_name_shared_locations():

@@ -26,7 +26,7 @@ from scaling.builtin_data import write_builtin_dataset
 from scaling.dataset_info import DatasetInfo
 from scaling.model import DiTConfig, ModelShape
 from scaling.text import DEFAULT_TEXT_ENCODER
-from search.credentials import has_embedded_credentials, masked_uri
+from search.credentials import has_embedded_credentials, redact
 from search.errors import TrackingError
 from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.store import sqlite_path, uri_scheme
@@ -83,7 +83,7 @@ def resolved_spec(spec: StudySpec) -> StudySpec:
     It is stored with the study (MLflow tags and params), so a tracking URI carrying credentials
     is refused here rather than written there."""
     if has_embedded_credentials(spec.tracking_uri):
-        raise SpecError(f"tracking.uri {masked_uri(spec.tracking_uri)} carries credentials "
+        raise SpecError(f"tracking.uri {redact(spec.tracking_uri)} carries credentials "
                         "(user:password@), which would be stored with the study: give them as "
                         "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or in "
                         "~/.mlflow/credentials")
@@ -231,7 +231,7 @@ def refuse_if_driven(tracking: Tracking, study: str, mine: str | None = None) ->
                                  and time.time() - run.info.start_time / 1000 < STALE_S):
             host = run.data.tags.get(DRIVER_TAG, "a driver starting now")
             raise TrackingError(f"study {study!r} is running now (study run {run.info.run_id}, "
-                                f"driver {host}) in MLflow at {masked_uri(tracking.uri)}: wait "
+                                f"driver {host}) in MLflow at {redact(tracking.uri)}: wait "
                                 "for it, or stop it first")
 
 
