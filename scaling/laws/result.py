@@ -257,7 +257,8 @@ class LawFit:
         else:
             draws = self.options.draws if self.options else 0
             head += (f"\nApproach 2: isoFLOP parabolas in log10 N, {used} of {len(self.budgets)}"
-                     f" budgets used, {draws} bootstrap draws, 95% intervals")
+                     f" budgets used, laws by least squares through their vertices; 95% "
+                     f"intervals from {draws} parametric bootstrap draws (noise from residuals)")
         rows = [("law", "form", "coefficient", "95% interval", "exponent", "95% interval",
                  "budgets")]
         missing = "-" if self.source == "paper" else NOT_ESTIMABLE
