@@ -1,12 +1,9 @@
 """Bootstrap draws: points resampled within each budget (`resample`, the allocator's quick fits)
 and the shared random numbers of the parametric bootstrap that `fit_laws` reports (`NoiseDraws`).
 
-`resample`:
-
-One draw is a vector of counts (how often each run appears) and a vector of losses (the observed
-ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add seed noise;
-sigma may differ per run, so that only budgets with few sizes get it).
-Approach 2 and Approach 3 see the same draws, so their intervals come from the same resamples.
+`resample`: one draw is a vector of counts (how often each run appears) and a vector of losses
+(the observed ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add
+seed noise; sigma may differ per run, so that only budgets with few sizes get it).
 """
 
 from __future__ import annotations
