@@ -31,20 +31,28 @@ def check_dataset(spec: StudySpec, source: str) -> DatasetInfo | None:
         info = DatasetInfo.load(root)
     except (OSError, ValueError) as err:
         raise SpecError(f"{source}: data.path: {err}") from None
-    problems = []
-    if info.image_size % spec.model.patch_size:
-        problems.append(f"model.patch_size {spec.model.patch_size} does not divide the dataset's "
-                        f"image size {info.image_size} ({root}/dataset.json)")
-    if d.text_encoder and d.text_encoder != info.text_encoder:
-        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {root}/dataset.json was "
-                        f"encoded with {info.text_encoder!r}")
-    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
-    if d.autoencoder and d.autoencoder != autoencoder:
-        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {root}/dataset.json holds "
-                        + (f"latents of {autoencoder!r}" if autoencoder else "pixels"))
-    if "train" not in info.splits or not info.splits["train"]:
-        problems.append(f"{root}/dataset.json has no train shards")
+    problems = dataset_problems(spec, info)
     if problems:
         raise SpecError(f"{source}: the prepared dataset does not fit the spec: "
                         + "; ".join(problems))
     return info
+
+
+def dataset_problems(spec: StudySpec, info: DatasetInfo) -> list[str]:
+    """How a prepared dataset (local or under a URI) does not fit the spec: the patch size,
+    the encoders the spec names, its train shards."""
+    d, where = spec.data, f"{info.root}/dataset.json"
+    problems = []
+    if info.image_size % spec.model.patch_size:
+        problems.append(f"model.patch_size {spec.model.patch_size} does not divide the dataset's "
+                        f"image size {info.image_size} ({where})")
+    if d.text_encoder and d.text_encoder != info.text_encoder:
+        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {where} was "
+                        f"encoded with {info.text_encoder!r}")
+    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
+    if d.autoencoder and d.autoencoder != autoencoder:
+        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {where} holds "
+                        + (f"latents of {autoencoder!r}" if autoencoder else "pixels"))
+    if "train" not in info.splits or not info.splits["train"]:
+        problems.append(f"{where} has no train shards")
+    return problems

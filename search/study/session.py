@@ -28,6 +28,7 @@ from scaling.model import DiTConfig, ModelShape
 from scaling.text import DEFAULT_TEXT_ENCODER
 from search.credentials import has_embedded_credentials, redact
 from search.errors import TrackingError
+from search.preflight import dataset_problems
 from search.spec import SpecError, StudySpec, spec_to_toml_dict
 from search.store import sqlite_path, uri_scheme
 from search.tracking import KIND, STATUS, Tracking
@@ -122,7 +123,7 @@ def load_study(tracking: Tracking, study: str) -> tuple[object, StudySpec, str]:
 
 def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
     """The study's dataset: the built-in one written once under OUTPUT/data, or a prepared one
-    (checked against the encoders the spec names)."""
+    (checked against the spec as `search.preflight` checks it)."""
     d = spec.data
     if d.source == "builtin":
         return write_builtin_dataset(spec.data_path, image_size=d.image_size,
@@ -134,17 +135,9 @@ def prepare_data(spec: StudySpec, out: Callable[[str], None]) -> DatasetInfo:
         info = load_remote_dataset(spec.data.path)
     else:
         info = DatasetInfo.load(spec.data_path)
-    problems = []
-    if d.text_encoder and d.text_encoder != info.text_encoder:
-        problems.append(f"data.text_encoder: {d.text_encoder!r}, but {info.root}/dataset.json "
-                        f"was encoded with {info.text_encoder!r}")
-    autoencoder = info.params.get("autoencoder") if info.image_key == "latent.npy" else None
-    if d.autoencoder and d.autoencoder != autoencoder:
-        problems.append(f"data.autoencoder: {d.autoencoder!r}, but {info.root}/dataset.json "
-                        f"holds {'latents of ' + repr(autoencoder) if autoencoder else 'pixels'}")
+    problems = dataset_problems(spec, info)
     if problems:
-        raise SpecError("the prepared dataset does not match the spec:\n  "
-                        + "\n  ".join(problems))
+        raise SpecError("the prepared dataset does not fit the spec: " + "; ".join(problems))
     return info
 
 
