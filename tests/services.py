@@ -62,6 +62,39 @@ def stop_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
             continue
 
 
+def wait_progressing(check, progress, what: str, idle: float = 300.0, poll: float = 0.5):
+    """Wait until `check()` is truthy; fail only once `progress()` (any comparable reading:
+    metric rows stored, log lines) has not changed for `idle` seconds, so a loaded machine that
+    is slow but moving never fails the wait."""
+    last, since = progress(), time.monotonic()
+    while True:
+        value = check()
+        if value:
+            return value
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > idle:
+            raise TimeoutError(f"{what}: no progress for {idle:.0f} s (last reading {now})")
+        time.sleep(poll)
+
+
+def stored_metric_rows(store_uri: str):
+    """A progress reading for `wait_progressing`: the metric rows an MLflow SQL store holds."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(store_uri, poolclass=sqlalchemy.pool.NullPool)
+
+    def rows() -> int:
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(sqlalchemy.text("SELECT count(*) FROM metrics")).scalar())
+        except sqlalchemy.exc.SQLAlchemyError:  # the store is being created or restarted
+            return -1
+
+    return rows
+
+
 def wait_until(check, timeout: float, what: str, poll: float = 0.5):
     deadline = time.monotonic() + timeout
     last = None
@@ -306,7 +339,7 @@ class MlflowServer:
         self.extra_env = env or {}
         self.config = self.root / "basic_auth.ini"
         self.config.write_text(
-            "[mlflow]\ndefault_permission = READ\n"
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
             f"database_uri = {auth_db_uri}\nadmin_username = {self.ADMIN}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
         self.proc: subprocess.Popen | None = None

@@ -39,7 +39,16 @@ from search.cli import main
 from search.jobs import job_client, wait_for_job
 from search.tracking import TRIAL_KEY, Tracking
 from tests.faults.nan_loss import NAN_LOSS_ENV
-from tests.services import MlflowServer, Postgres, RayCluster, _http, free_port, wait_until
+from tests.services import (
+    MlflowServer,
+    Postgres,
+    RayCluster,
+    _http,
+    free_port,
+    stored_metric_rows,
+    wait_progressing,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -150,6 +159,19 @@ def trial_runs(store: str, study: str) -> tuple[str, list]:
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         max_results=1000)
     return parent.info.run_id, children
+
+
+def job_done(address: str, job: str, progress):
+    """The job's final JobInfo, once it ends: waited on for as long as the study makes progress
+    (metrics stored, job log lines), never on a fixed deadline."""
+    client = job_client(address)
+
+    def ended():
+        info = client.get_job_info(job)
+        return info if info.status.is_terminal() else None
+
+    return wait_progressing(ended, lambda: (progress(), len(client.get_job_logs(job))),
+                            f"job {job}", poll=2.0)
 
 
 def checkpoints(storage: Path) -> list[Path]:
@@ -286,7 +308,9 @@ def faulty(services, tiny_data, tmp_path_factory):
     def long_trial_checkpoints():
         return [c for c in checkpoints(storage) if c.parent.name.endswith(OUTAGE_TRIAL)]
 
-    first = wait_until(long_trial_checkpoints, 300, "a first checkpoint", poll=0.1)[0]
+    progress = stored_metric_rows(services.store)
+    first = wait_progressing(long_trial_checkpoints, progress, "a first checkpoint",
+                             poll=0.1)[0]
     key = first.parent.name.split("-", 2)[-1]  # Train run name: STUDY-RUNID8-TRIALKEY
     run = wait_until(lambda: tracking.client.search_runs(
         [tracking.experiment_id("faulty")], f"tags.`{TRIAL_KEY}` = '{key}'"), 30, "trial run")[0]
@@ -300,8 +324,9 @@ def faulty(services, tiny_data, tmp_path_factory):
         main(["status", "--study", "faulty", "--tracking-uri", uri])
 
     # 2. Stop the tracking server for 60 s once the longest trial trains again, on the other node.
-    wait_until(lambda: "resumed_from_step" in tracking.client.get_run(run.info.run_id).data.metrics,
-               300, f"{OUTAGE_TRIAL} training again", poll=0.5)
+    wait_progressing(
+        lambda: "resumed_from_step" in tracking.client.get_run(run.info.run_id).data.metrics,
+        lambda: (progress(), len(services.cluster.alive_nodes())), f"{OUTAGE_TRIAL} training again")
     down = time.time()
     services.mlflow.stop()
     # Meanwhile a replacement for the lost node joins (as an autoscaler's would) for the trials
@@ -313,7 +338,7 @@ def faulty(services, tiny_data, tmp_path_factory):
     up = time.time()
     events.append(f"MLflow down {up - down:.0f} s")
 
-    info = wait_for_job(address, job, timeout=600)
+    info = job_done(address, job, progress)
     logs = job_client(address).get_job_logs(job)
     return Faulty("faulty", out, submit_out, job, info.status.value, logs, node, node_id, key,
                   (down, up), status.getvalue(), events)
@@ -490,7 +515,8 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
         return submission_id(buf.getvalue())
 
     job = submit("submit", str(spec), "--address", address)
-    first = wait_for_job(address, job, timeout=600)
+    progress = stored_metric_rows(services.store)
+    first = job_done(address, job, progress)
     first_logs = job_client(address).get_job_logs(job)
 
     # free space, resume; SIGKILL that driver once a trial has finished and another is running
@@ -507,7 +533,7 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
         running = [r for r in records if r.status == "running" and r.metrics.get("step", 0) > 0]
         return (done - finished_before) and running
 
-    wait_until(one_more_finished_and_one_running, 300, "progress after resume", poll=0.5)
+    wait_progressing(one_more_finished_and_one_running, progress, "progress after resume")
     pid = int(job_client(address).get_job_info(job).driver_info.pid)
     os.kill(pid, signal.SIGKILL)
     records = tracking.trial_records(parent, tracking.experiment_id("resumed"))
@@ -515,7 +541,7 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
     wait_for_job(address, job, timeout=120)
 
     job = submit("resume", "--study", "resumed", "--tracking-uri", uri, "--address", address)
-    final = wait_for_job(address, job, timeout=600)
+    final = job_done(address, job, progress)
     return Resumed(first, first_logs, kill_at, final, job_client(address).get_job_logs(job),
                    root / "out")
 
