@@ -107,16 +107,21 @@ class Tracking:
 
     # -- trial runs --------------------------------------------------------------------------
     def trial_run(self, study: str, study_run_id: str, trial_key: str, params: dict[str, str],
-                  budget: float) -> str:
-        """The run id of this trial under the study run, created on first call."""
+                  budget: float, tags: dict[str, str] | None = None, known_new: bool = False
+                  ) -> str:
+        """The run id of this trial under the study run, created (with `tags` beside the
+        service's own) on first call; the one place trial runs are created. `known_new`: the
+        caller knows there is none yet, so no search is made."""
         exp = self.experiment_id(study)
-        found = self.client.search_runs(
-            [exp], f"tags.`{PARENT}` = '{study_run_id}' and tags.`{TRIAL_KEY}` = '{trial_key}'")
-        if found:
-            return found[0].info.run_id
+        if not known_new:
+            found = self.client.search_runs(
+                [exp],
+                f"tags.`{PARENT}` = '{study_run_id}' and tags.`{TRIAL_KEY}` = '{trial_key}'")
+            if found:
+                return found[0].info.run_id
         run = self.client.create_run(exp, run_name=trial_key, tags={
             PARENT: study_run_id, KIND: "trial", STUDY: study, TRIAL_KEY: trial_key,
-            BUDGET: f"{budget:.6g}", STATUS: "running"})
+            BUDGET: f"{budget:.6g}", STATUS: "running", **(tags or {})})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 

@@ -20,16 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from ray.tune import Callback
 
 from search.tracking import (
-    BUDGET,
-    KIND,
     MAX_BATCH,
     PARENT,
     STATUS,
-    STUDY,
     TRIAL_KEY,
     Tracking,
 )
@@ -141,13 +138,9 @@ class SimulatedTrialLog(Callback):
             runs[key] = [run_id, attempts + 1, "running"]
             tracking.set_tags(run_id, {ATTEMPTS: attempts + 1, STATUS: "running"})
             return
-        exp = tracking.experiment_id(self.study)
-        run = tracking.client.create_run(exp, run_name=key, tags={
-            PARENT: self.study_run_id, KIND: "trial", STUDY: self.study, TRIAL_KEY: key,
-            BUDGET: f"{float(config['budget']):.6g}", STATUS: "running", ATTEMPTS: "1"})
-        runs[key] = [run.info.run_id, 1, "running"]
-        tracking.client.log_batch(run.info.run_id, params=[
-            Param(k, str(v)) for k, v in self.params_of(config).items()])
+        run_id = tracking.trial_run(self.study, self.study_run_id, key, self.params_of(config),
+                                    float(config["budget"]), {ATTEMPTS: "1"}, known_new=True)
+        runs[key] = [run_id, 1, "running"]
 
     def _write_finish(self, tracking: Tracking, config: dict, history: list[dict],
                       status: str) -> None:
