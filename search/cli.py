@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from search.errors import UsageError, store_error_line, user_errors
+from search.errors import UsageError, stopped_errors, store_error_line, user_errors
 from search.spec import DEFAULT_OUTPUT, SpecError, load_spec, study_name
 from search.validation_summary import LAST_VALIDATION_TAG, summary_text
 
@@ -606,16 +606,13 @@ def main(argv: list[str] | None = None) -> int:
         from search.credentials import redact
 
         print(redact(f"dit-scaling {args.command}: {line}"), file=sys.stderr)
-        driver = sys.modules.get("search.driver")
-        return 3 if driver and isinstance(err, driver.StudyStopped) else 2
+        return 3 if isinstance(err, stopped_errors()) else 2
 
 
 def _error_line(err: Exception) -> str | None:
     """The one line a command prints for `err` (bad input, an unusable store, a study that
     stopped); None for a defect of the service itself, which keeps its traceback."""
-    driver = sys.modules.get("search.driver")
-    if isinstance(err, (*user_errors(), PrepareError)) or (
-            driver and isinstance(err, driver.StudyStopped)):
+    if isinstance(err, (*user_errors(), *stopped_errors(), PrepareError)):
         lines = [part.strip() for part in str(err).splitlines() if part.strip()]
         if not lines:
             return type(err).__name__

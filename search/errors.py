@@ -24,6 +24,7 @@ _USER_ERRORS = {
     "scaling.runs_table": ("RunsTableError",),
     "scaling.laws.fit": ("LawFitError",),
     "search.driver": ("ClusterError",),
+    "search.study.backend": ("ClusterError",),
     "search.grid": ("GridError",),
     "search.jobs": ("JobError",),
     "search.trust": ("UntrustedStateError",),
@@ -33,13 +34,26 @@ _USER_ERRORS = {
 _STORE_LIBRARIES = ("mlflow.", "sqlalchemy.", "sqlite3", "requests.", "urllib3.", "alembic.")
 
 
-def user_errors() -> tuple[type, ...]:
-    """The user-error classes of every module loaded so far."""
+# A study that stopped on purpose (Ctrl-C, SIGTERM, full storage): one line, exit code 3.
+_STOPPED = {"search.study.execute": ("StudyStopped",), "search.driver": ("StudyStopped",)}
+
+
+def _loaded(table: dict[str, tuple[str, ...]]) -> tuple[type, ...]:
     found: list[type] = []
-    for module, names in _USER_ERRORS.items():
+    for module, names in table.items():
         loaded = sys.modules.get(module)
         found.extend(getattr(loaded, n) for n in names if loaded and hasattr(loaded, n))
     return tuple(found)
+
+
+def user_errors() -> tuple[type, ...]:
+    """The user-error classes of every module loaded so far."""
+    return _loaded(_USER_ERRORS)
+
+
+def stopped_errors() -> tuple[type, ...]:
+    """The classes of a deliberate stop, of the modules loaded so far."""
+    return _loaded(_STOPPED)
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
