@@ -24,16 +24,6 @@ if TYPE_CHECKING:
 RUNS_FILE = "runs.parquet"
 
 
-def __getattr__(name: str):
-    # The Tune callback lives in search.runs_writer (it needs Ray, which queries never load);
-    # this keeps `from search.results import RunsTableWriter` working for the driver.
-    if name == "RunsTableWriter":
-        from search.runs_writer import RunsTableWriter
-
-        return RunsTableWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def trial_points(records: list[TrialRecord], metric: str) -> tuple[list[RunPoint], list[str]]:
     """Finished trials as fit points, and a line for each trial left out (diverged, failed, ...)."""
     points, excluded = [], []
