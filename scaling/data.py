@@ -23,6 +23,7 @@ import os
 import random
 import struct
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -250,6 +251,50 @@ def load_npy(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype, count, end).reshape(shape)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _rgb8_idat(data: bytes) -> tuple[int, int, bytes] | None:
+    """(width, height, zlib stream) of a non-interlaced 8-bit RGB PNG whose chunk CRCs all
+    check, else None (other PNGs, and anything odd, go through PIL's whole reader)."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if depth != 8 or colour != 2 or interlace != 0:
+        return None
+    parts, pos, end = [], 8, len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        stop = pos + 8 + length
+        if stop + 4 > end or zlib.crc32(data[pos + 4:stop]) != int.from_bytes(
+                data[stop:stop + 4], "big"):
+            return None
+        if kind == b"IDAT":
+            parts.append(data[pos + 8:stop])
+        elif kind == b"IEND":
+            return (width, height, b"".join(parts)) if parts else None
+        elif kind[0] & 0x20 == 0 and kind not in (b"IHDR", b"PLTE"):
+            return None  # an unknown critical chunk
+        pos = stop + 4
+    return None
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A PNG's pixels as uint8 [H, W, 3] RGB.
+
+    An 8-bit RGB PNG (what the built-in data writes) has its image stream decoded by PIL's zlib
+    decoder directly, skipping `Image.open`'s chunk parsing in Python: 33 -> 18 us per 32 x 32
+    image here, about a fifth of a batch's preparation. Any other PNG goes through `Image.open`.
+    """
+    parsed = _rgb8_idat(data)
+    if parsed is not None:
+        width, height, stream = parsed
+        return np.asarray(Image.frombytes("RGB", (width, height), stream, "zip", "RGB"))
+    with Image.open(io.BytesIO(data), formats=("PNG",)) as im:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -264,8 +309,7 @@ class _Decoder:
             if "latent.npy" in sample:
                 image = load_npy(sample["latent.npy"])
             elif "png" in sample:
-                with Image.open(io.BytesIO(sample["png"]), formats=("PNG",)) as im:
-                    image = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+                image = decode_png(sample["png"])
             else:
                 raise KeyError("neither png nor latent.npy")
             text, mask = load_npy(sample["text.npy"]), load_npy(sample["mask.npy"])
@@ -283,14 +327,11 @@ class _Decoder:
                              f"not decode ({type(exc).__name__}: {exc})") from exc
 
 
-# float16 -> float32 by table lookup: twice as fast as numpy's astype on this CPU.
-_FLOAT16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
 def _float32(arrays: list[np.ndarray]) -> np.ndarray:
     stacked = np.stack(arrays)
     if stacked.dtype == np.float16:
-        return np.take(_FLOAT16, stacked.view(np.uint16))
+        # torch's vectorised conversion: 10x faster than a lookup table, 20x than numpy's astype.
+        return torch.from_numpy(stacked).float().numpy()
     return stacked.astype(np.float32, copy=False)
 
 

@@ -16,6 +16,7 @@ from scaling.data import (
     Batch,
     DataStats,
     _open_pyarrow,
+    decode_png,
     eval_batches,
     load_npy,
     read_shard,
@@ -255,3 +256,29 @@ def test_file_urls_and_pyarrow_schemes_read_the_same_samples(info):
         assert all_ids([f"testfs://{n}" for n in names]) == local
     finally:
         del wds.gopen_schemes["testfs"]
+
+
+def test_png_decoding_matches_pil(info):
+    # The built-in data's RGB PNGs take the direct path; other modes, and PNGs it cannot vouch
+    # for, go through PIL's reader, with the same pixels either way.
+    for sample in itertools.islice(read_shard(info.urls("train")[0]), 16):
+        expected = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("RGB"))
+        got = decode_png(sample["png"])
+        assert got.dtype == np.uint8 and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for mode in ("RGB", "RGBA", "L", "P"):
+        image = Image.fromarray(pixels).convert(mode)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        np.testing.assert_array_equal(decode_png(buf.getvalue()),
+                                      np.asarray(image.convert("RGB")))
+    with pytest.raises(OSError):
+        decode_png(buf.getvalue()[: len(buf.getvalue()) // 2])  # cut short
+
+
+def test_text_features_convert_exactly_to_float32(info):
+    batch = next(eval_batches(info.urls("val"), 8))
+    stored = [load_npy(s["text.npy"]) for s in itertools.islice(read_shard(info.urls("val")[0]), 8)]
+    assert batch.text.dtype == torch.float32
+    np.testing.assert_array_equal(batch.text.numpy(), np.stack(stored).astype(np.float32))
