@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from scaling.throughput import datasheet_peak, detect_peak, matmul_rate
+from scaling.throughput import datasheet_peak, detect_peak, matmul_rate, peak_matmul_size
 
 
 @pytest.mark.parametrize("name, precision, peak", [
@@ -43,3 +43,9 @@ def test_matmul_rate_counts_two_flops_per_multiply_add():
     # Timings move with the load on a shared machine, so only their sanity is checked here.
     for n in (64, 512):
         assert 1e6 < matmul_rate(n=n, repeats=3) < 1e14
+
+
+def test_small_cpus_measure_their_peak_on_a_cheaper_matmul():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert peak_matmul_size(cpu, 1) == peak_matmul_size(cpu, 4) == 1024
+    assert peak_matmul_size(cpu, 16) == peak_matmul_size(gpu, 1) == 2048
