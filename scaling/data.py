@@ -327,12 +327,21 @@ class _Decoder:
                              f"not decode ({type(exc).__name__}: {exc})") from exc
 
 
+_SERIAL_CHUNK = 32768 - 1  # elements: below torch's grain size, so one thread does each copy
+
+
 def _float32(arrays: list[np.ndarray]) -> np.ndarray:
     stacked = np.stack(arrays)
-    if stacked.dtype == np.float16:
-        # torch's vectorised conversion: 10x faster than a lookup table, 20x than numpy's astype.
-        return torch.from_numpy(stacked).float().numpy()
-    return stacked.astype(np.float32, copy=False)
+    if stacked.dtype != np.float16:
+        return stacked.astype(np.float32, copy=False)
+    # torch's vectorised conversion: 10x faster than a lookup table, 20x than numpy's astype.
+    # In chunks each below the size torch would split across threads: a parallel region for a
+    # few microseconds of work costs milliseconds when other processes hold the cores.
+    source = torch.from_numpy(stacked).view(-1)
+    out = torch.empty(source.shape, dtype=torch.float32)
+    for start in range(0, source.numel(), _SERIAL_CHUNK):
+        out[start:start + _SERIAL_CHUNK].copy_(source[start:start + _SERIAL_CHUNK])
+    return out.view(stacked.shape).numpy()
 
 
 def collate(samples: list[Decoded]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
