@@ -30,13 +30,13 @@ level; with 2% noise the allocator's |bias| under a quarter of its median 95% ha
 (C the allocator's lowest coverage over the scenarios and levels).
 
 Measured on 2 shared cores (`--workers 2`, 22 min): `allocator RMSE / best fixed RMSE: true prior
-1.20, wrong prior 1.88 (worst scenarios) coverage: min 0.90`. Neither goal is met everywhere. With a
-true prior the allocator is at par or better (0.58-1.00) except at the cheapest level on paper and
-chinchilla at 0.5% noise (1.08, 1.20, where 5 sizes x4 leave it no FLOPs to place), paper at 2%
-(1.12) and chinchilla /4 at 2% (1.39) against the widest grid, 9 sizes x4. With a wrong prior it
-ranges 0.59-1.88, worst with the prior 4x too large on the asymmetric surface, where its first
-budgets keep lopsided windows whose vertex bias differs from the later budgets' (the x4 grids are
-off-centre alike at every budget, so their bias cancels in the exponent).
+1.20, wrong prior 1.88 (worst scenarios) coverage: min 0.90`. Neither goal is met everywhere. With
+a true prior the worst level per scenario is 0.58-1.20: above 1.0 on paper at 0.5% (1.08, at the
+cheapest level, where 5 sizes x4 leave it no FLOPs to place) and at 2% (1.12, against the widest
+grid, 9 sizes x4), and on chinchilla at 0.5% (1.20 cheapest, 1.08 at 9.9e19). With a wrong prior
+it is 0.59-1.88, worst with the prior 4x too large on the asymmetric surface: its first budgets
+keep lopsided windows whose vertex bias differs from the later budgets' (an x4 grid is off-centre
+alike at every budget, so its bias cancels in the slope).
 """
 
 from __future__ import annotations
