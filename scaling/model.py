@@ -39,7 +39,8 @@ _fast_paths = True
 @contextmanager
 def reference_ops() -> Iterator[None]:
     """Run the plain PyTorch formulation of every layer inside this block: one `nn.Linear` per
-    projection and `F.gelu`, instead of the fused projections and the CPU GELU used by default.
+    projection, `F.gelu` and `scaled_dot_product_attention`, instead of the fused projections,
+    the CPU GELU and the CPU attention of small heads used by default.
 
     Both compute the same functions with the same parameters (results differ by float rounding
     only); tests and the throughput benchmark compare them side by side.
@@ -203,10 +204,41 @@ def _linears(x: Tensor, layers: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
     return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
+SMALL_HEAD_DIM = 48  # at most this many dimensions per head, CPU attention runs as two bmm
+
+
+def _small_cpu_heads(q: Tensor, head_dim: int) -> bool:
+    return (_fast_paths and head_dim <= SMALL_HEAD_DIM and q.device.type == "cpu"
+            and q.dtype == torch.float32 and not torch.compiler.is_compiling())
+
+
+def _bmm_attention(q: Tensor, k: Tensor, v: Tensor, heads: int,
+                   key_mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v for q [B, N, W], k and v [B, S, W] -> [B, N, W], as
+    batched matmuls with the mask folded into the first (`baddbmm`). At 24-40 dimensions per
+    head this step is 7-9% faster on the CPU than `scaled_dot_product_attention`'s flash kernel,
+    whose blocking does not pay at that size; from 64 they are even."""
+    b, n, w = q.shape
+    s, d = k.shape[1], w // heads
+    split = lambda y, length: (y.reshape(b, length, heads, d).transpose(1, 2)  # noqa: E731
+                               .reshape(b * heads, length, d))
+    q, k, v = split(q, n), split(k, s), split(v, s)
+    if key_mask is None:
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(d**-0.5)
+    else:
+        bias = torch.zeros(b, 1, s, dtype=q.dtype).masked_fill_(~key_mask[:, None, :],
+                                                                 float("-inf"))
+        scores = torch.baddbmm(bias.repeat_interleave(heads, 0) if heads > 1 else bias,
+                               q, k.transpose(1, 2), alpha=d**-0.5)
+    y = torch.bmm(scores.softmax(-1), v)
+    return y.view(b, heads, n, d).transpose(1, 2).reshape(b, n, w)
+
+
 class Attention(nn.Module):
     """Multi-head attention through `scaled_dot_product_attention` (flash kernels on GPU).
 
-    Self-attention (`context is x`) projects q, k and v in one matmul, cross-attention k and v.
+    Self-attention (`context is x`) projects q, k and v in one matmul, cross-attention k and v;
+    small float32 heads on the CPU go through `_bmm_attention`.
     """
 
     def __init__(self, width: int, heads: int):
@@ -222,6 +254,8 @@ class Attention(nn.Module):
             q, k, v = _linears(x, (self.q, self.k, self.v))
         else:
             (q,), (k, v) = _linears(x, (self.q,)), _linears(context, (self.k, self.v))
+        if _small_cpu_heads(q, w // self.heads):
+            return self.out(_bmm_attention(q, k, v, self.heads, key_mask))
         y = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, w))
 
