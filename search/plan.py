@@ -23,9 +23,10 @@ from scaling.model import DiTConfig, ModelShape
 from scaling.runs_table import RunPoint
 from scaling.surface import SURFACES, LossSurface
 from search.allocator import FINISHED, Allocator, Decision, Prior, SizeCatalogue
-from search.grid import TrialSpec, fixed_grid, trial_config
+from search.grid import TrialSpec, trial_config
 from search.simulated import SimContext
 from search.spec import StudySpec
+from search.study.proposers import grid_trials
 
 STRATEGIES = ("adaptive", "fixed", "two_round")
 FIRST_ROUND = (5, 2.0)  # two_round: sizes per budget and their spacing (x in N) around the prior
@@ -119,17 +120,16 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     allocator = None
-    centre = None if prior.source.startswith("6ND") else prior
     if strategy == "adaptive":
         allocator = Allocator(sim_spec, catalogue or SizeCatalogue(sim_spec, template), prior,
                               out)
         pending: list[TrialSpec] = []
     elif strategy == "two_round":
-        pending = fixed_grid(sim_spec.model_copy(update={"model": sim_spec.model.model_copy(
+        pending = grid_trials(sim_spec.model_copy(update={"model": sim_spec.model.model_copy(
             update={"sizes": None, "sizes_per_budget": FIRST_ROUND[0],
-                    "size_spacing": FIRST_ROUND[1]})}), template, centre=centre)
-    else:
-        pending = fixed_grid(sim_spec, template, centre=centre)
+                    "size_spacing": FIRST_ROUND[1]})}), template, prior)
+    else:  # the grid `run` trains: the same centre rule and order
+        pending = grid_trials(sim_spec, template, prior)
     second_round = strategy == "two_round"
     clock, seq, free = 0.0, 0, gpus
     running: list[tuple[float, int, dict, float]] = []
@@ -343,7 +343,3 @@ def plan_study(spec: StudySpec, template: DiTConfig, prior: Prior, surface: str,
                 progress(f"[{strategy} {i + 1}/{repeats}] {len(sim.trials)} trials, "
                          f"{sim.flops:.3g} FLOPs, {sim.gpu_hours:.4g} GPU-hours{span}, {law}")
     return PlanReport(spec, surface, concurrency, runs, true_exponents(surf, spec.budgets), gpus)
-
-
-def isclose_budget(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-6)
