@@ -28,6 +28,7 @@ _USER_ERRORS = {
     "search.grid": ("GridError",),
     "search.jobs": ("JobError",),
     "search.trust": ("UntrustedStateError",),
+    "search.credentials": ("InsecureSecretError",),
 }
 # Libraries whose errors, when one escapes a command, are about the store or the server the
 # command was pointed at (a wrong URI, a corrupt file, a refused write), not about the service.
