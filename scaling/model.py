@@ -196,8 +196,9 @@ class GELU(nn.Module):
 
 def _linears(x: Tensor, layers: tuple[nn.Linear, ...]) -> tuple[Tensor, ...]:
     """Several linear layers of one input as one matmul over their stacked weights: fewer,
-    larger kernels, which is what tiny widths are short of. Parameters stay separate."""
-    if not _fast_paths or len(layers) == 1:
+    larger kernels, which is what tiny widths are short of. Parameters stay separate. CPU only:
+    that is where it was measured (GPUs, DDP and FSDP take the plain layers)."""
+    if not _fast_paths or len(layers) == 1 or x.device.type != "cpu":
         return tuple(layer(x) for layer in layers)
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers])
