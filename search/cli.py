@@ -138,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
     f.add_argument("--saturating", action="store_true", help="also fit L = E + A C^-alpha")
     f.add_argument("--noise-sigma", type=float, default=0.0,
-                   help="relative loss noise added to every run in each bootstrap draw")
+                   help="the loss's known relative seed-to-seed sd; used instead of estimating "
+                        "it from the residuals (0: estimate)")
     f.add_argument("--seed-noise", type=float, default=0.005,
-                   help="seed-to-seed relative loss noise assumed for budgets with fewer than 5 "
-                        "sizes (Porian et al. 2024: 0.005); 0: none, their intervals are then "
-                        "reported as not estimable")
+                   help="relative loss sd assumed only when the runs cannot estimate it (no "
+                        "budget with more than 3 runs; Porian et al. 2024: 0.005); 0: such "
+                        "intervals are not estimable")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_fit)
 

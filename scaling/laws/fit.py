@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import stats
 
 from scaling.laws.bootstrap import NoiseDraws, interval
 from scaling.laws.isoflop import BudgetDraws, BudgetFit, fit_budget_draws, vandermonde
@@ -241,6 +240,8 @@ def _misfit(sigma2: float, dof2: float, sigma3: float, dof3: float) -> list[str]
     Approach 2's intervals then carry as noise."""
     if not (math.isfinite(dof2) and math.isfinite(dof3) and sigma3 > 0 and dof2 and dof3):
         return []
+    from scipy import stats  # ~0.9 s to import: only when both approaches are fitted
+
     if sigma2**2 / sigma3**2 <= stats.f.ppf(0.99, dof2, dof3):
         return []
     return [f"the isoFLOP parabolas leave residuals of {sigma2:.2%} relative sd where Approach 3's "

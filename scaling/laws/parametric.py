@@ -34,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize, nnls
 
 from scaling.laws.bootstrap import CHUNK_CELLS, interval, spreads
 
@@ -133,6 +132,8 @@ def _objective(
 
 def _lbfgsb(start: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray,
             y: np.ndarray) -> tuple[float, np.ndarray]:
+    from scipy.optimize import minimize  # scipy loads only when fitting, not for queries
+
     res = minimize(_objective, start, args=(u, v, w, y), jac=True, method="L-BFGS-B",
                    bounds=BOUNDS, options=TOLERANCES)
     return float(res.fun), res.x
@@ -181,6 +182,8 @@ class _Problem:
         rhs = np.stack(np.broadcast_arrays(t1, ta[:, None], tb[None, :]), -1)
         ridge = 1e-12 * np.trace(gram, axis1=-2, axis2=-1)[..., None, None] * np.eye(3)
         coef = np.linalg.solve(gram + ridge, rhs[..., None])[..., 0]  # unconstrained first
+        from scipy.optimize import nnls  # loaded only when fitting
+
         for i, j in zip(*np.nonzero((coef < 0).any(-1)), strict=True):
             # min c'Mc - 2 c'h over c >= 0 is nnls(R, R^-T h) with M = R'R.
             try:

@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from scaling.laws.bootstrap import interval, spreads
 
@@ -118,7 +117,9 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
         chi2 = float((weights_from_sd(sd) * (log_y - b0 - b1 * x) ** 2).sum())
         ratio = math.sqrt(chi2 / dof)
         # Reported even when not applied, so the fit can warn about it.
-        scatter = ratio if widen and chi2 > stats.chi2.ppf(SCATTER_LEVEL, dof) else 1.0
+        from scipy.special import chdtri  # loaded only when fitting
+
+        scatter = ratio if widen and chi2 > chdtri(dof, 1 - SCATTER_LEVEL) else 1.0
         excess = max(1.0, ratio)
     d0, d1 = _wls_line(x, log_draws, w)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)

@@ -28,7 +28,6 @@ Besiroglu et al. (`parametric.fit_parametric`) stands beside this one as a point
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 
 from scaling.laws.parametric import BOUNDS, LOWER, TOLERANCES, UPPER, _Problem, _residuals
 
@@ -52,6 +51,8 @@ def fit_point(problem: _Problem, losses: np.ndarray) -> tuple[np.ndarray, float]
     y = np.log(losses)
     best = None
     for start in problem.grid_starts(losses, STARTS):
+        from scipy.optimize import minimize  # loaded only when fitting
+
         res = minimize(_sse, start, args=(problem.u, problem.v, y), jac=True,
                        method="L-BFGS-B", bounds=BOUNDS, options=TOLERANCES)
         if best is None or res.fun < best[1]:
