@@ -107,6 +107,7 @@ def execute(session: StudySession, searcher: Searcher | None, planned: int | Non
     experiment = experiment or session.experiment
     before = _finished_keys(session)
     interruption = _Interruption()
+    backend: Backend | None = None  # None when Ctrl-C comes before Ray is up
     with session.driving():
         try:
             backend = Backend.start(session)
@@ -126,8 +127,8 @@ def execute(session: StudySession, searcher: Searcher | None, planned: int | Non
                 tracking.set_tags(session.study_run_id, {"dit.error": first_line(err)})
                 tracking.set_status(session.study_run_id, "failed")
             raise
-        usage = backend.after(results) if "backend" in locals() else []
-    progress = backend.progress if "backend" in locals() else None
+        usage = backend.after(results) if backend is not None else []
+    progress = backend.progress if backend is not None else None
     running = (progress is not None and len(progress.started) > progress.done + progress.failed)
     if interruption.signal or running:
         what = interruption.signal or "an interruption"
