@@ -95,7 +95,9 @@ def stored_metric_rows(store_uri: str):
     return rows
 
 
-def wait_until(check, timeout: float, what: str, poll: float = 0.5):
+def wait_until(check, timeout: float, what: str, poll: float = 0.5, explain=None):
+    """Wait until `check()` is truthy; on timeout, fail with `explain()` (what the services'
+    own logs say) appended, so a failure in CI can be read from its output alone."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -108,7 +110,8 @@ def wait_until(check, timeout: float, what: str, poll: float = 0.5):
         except Exception as err:  # not up yet
             last = err
         time.sleep(poll)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last})")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last}){detail}")
 
 
 def _http(url: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -189,15 +192,39 @@ class RayCluster:
                              "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                              "--ray-client-server-port", str(free_port()),
                              "--num-cpus", str(num_cpus), "--resources", json.dumps(resources)])
-        wait_until(lambda: self.alive_nodes(), 90, "Ray head node")
+        wait_until(lambda: self._running() and self.alive_nodes(), 90, "Ray head node",
+                   explain=self.explain)
         self.node_ids["head"] = self.node_id("head")
 
     def add_node(self, name: str, num_cpus: int, resources: dict[str, float] | None = None) -> None:
         before = len(self.alive_nodes())
         self._start(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
                            "--resources", json.dumps({name: 1, **(resources or {})})])
-        wait_until(lambda: len(self.alive_nodes()) > before, 90, f"Ray node {name}")
+        wait_until(lambda: self._running() and len(self.alive_nodes()) > before, 90,
+                   f"Ray node {name}", explain=self.explain)
         self.node_ids[name] = self.node_id(name)
+
+    def _running(self) -> bool:
+        """True while every node's `ray start --block` runs; a node that exited (it stops when
+        any of its Ray processes dies) fails the wait at once, with its logs."""
+        exited = [name for name, proc in self.nodes.items() if proc.poll() is not None]
+        if exited:
+            raise RuntimeError(f"Ray node(s) {', '.join(exited)} exited\n{self.explain()}")
+        return True
+
+    def explain(self, lines: int = 25) -> str:
+        """Each node's state and the tail of its `ray start` output and of its Ray logs."""
+        out = []
+        for name, proc in self.nodes.items():
+            code = proc.poll()
+            out.append(f"--- node {name}: " + ("running" if code is None else f"exited {code}"))
+            logs = self.root / name / "session_latest" / "logs"
+            for path in [self.root / f"{name}.log", *(logs / f for f in (
+                    "gcs_server.out", "raylet.out", "dashboard.log", "dashboard_agent.log"))]:
+                if path.is_file():
+                    tail = path.read_text(errors="replace").splitlines()[-lines:]
+                    out.append(f"[{path.name}]\n" + "\n".join(tail))
+        return "\n".join(out)
 
     def alive_nodes(self) -> list[dict]:
         status, body = _http(f"{self.address}/api/v0/nodes?detail=1",

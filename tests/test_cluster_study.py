@@ -174,6 +174,21 @@ def job_done(address: str, job: str, progress):
                             f"job {job}", poll=2.0)
 
 
+class Timeline(list):
+    """What a fixture did and when (seconds since it began), printed when it ends: where a slow
+    or failed run of the fault matrix spent its time, read from the test output alone."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name, self.start = name, time.monotonic()
+
+    def mark(self, what: str) -> None:
+        self.append(f"{time.monotonic() - self.start:7.1f} s  {what}")
+
+    def show(self) -> None:
+        print(f"\n{self.name} timeline:\n" + "\n".join(self), flush=True)
+
+
 def checkpoints(storage: Path) -> list[Path]:
     return sorted(storage.glob("*/checkpoint_*"))
 
@@ -295,12 +310,13 @@ def faulty(services, tiny_data, tmp_path_factory):
     address = services.cluster.address
     uri = services.mlflow.url
     tracking = Tracking(services.store)
-    events: list[str] = []
+    events = Timeline("faulty")
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert main(["submit", str(spec), "--address", address]) == 0
     submit_out = buf.getvalue()
     job = submission_id(submit_out)
+    events.mark(f"submitted {job}")
     storage = out / "ray"
 
     # 1. Kill the worker node of the longest trial (25k parameters at 4e10 FLOPs: 1016 steps) once
@@ -318,7 +334,7 @@ def faulty(services, tiny_data, tmp_path_factory):
         "dit.node"), 30, "the trial's node tag")
     node = services.cluster.name_of(node_id)
     services.cluster.kill_node(node)
-    events.append(f"killed {node} running {key} after {first.name}")
+    events.mark(f"killed {node} running {key} after {first.name}")
     status = io.StringIO()
     with redirect_stdout(status):  # `status` answers from MLflow while the study runs
         main(["status", "--study", "faulty", "--tracking-uri", uri])
@@ -327,19 +343,22 @@ def faulty(services, tiny_data, tmp_path_factory):
     wait_progressing(
         lambda: "resumed_from_step" in tracking.client.get_run(run.info.run_id).data.metrics,
         lambda: (progress(), len(services.cluster.alive_nodes())), f"{OUTAGE_TRIAL} training again")
+    events.mark(f"{key} trains again")
     down = time.time()
     services.mlflow.stop()
     # Meanwhile a replacement for the lost node joins (as an autoscaler's would) for the trials
     # still queued.
     services.cluster.add_node("node_c", num_cpus=1)
-    events.append(f"node_c joined after {key} resumed")
+    events.mark(f"node_c joined after {key} resumed")
     time.sleep(max(0.0, OUTAGE_S - (time.time() - down)))
     services.mlflow.start()
     up = time.time()
-    events.append(f"MLflow down {up - down:.0f} s")
+    events.mark(f"MLflow up again after {up - down:.0f} s")
 
     info = job_done(address, job, progress)
     logs = job_client(address).get_job_logs(job)
+    events.mark(f"job ended: {info.status.value}")
+    events.show()
     return Faulty("faulty", out, submit_out, job, info.status.value, logs, node, node_id, key,
                   (down, up), status.getvalue(), events)
 
@@ -514,14 +533,18 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
             assert main(list(args)) == 0
         return submission_id(buf.getvalue())
 
+    events = Timeline("resumed")
     job = submit("submit", str(spec), "--address", address)
+    events.mark(f"submitted {job}")
     progress = stored_metric_rows(services.store)
     first = job_done(address, job, progress)
     first_logs = job_client(address).get_job_logs(job)
+    events.mark(f"first job ended: {first.status.value}")
 
     # free space, resume; SIGKILL that driver once a trial has finished and another is running
     subprocess.run(["mount", "-o", "remount,size=256m", str(tmpfs)], check=True)
     job = submit("resume", "--study", "resumed", "--tracking-uri", uri, "--address", address)
+    events.mark(f"resume submitted {job}")
     tracking = Tracking(services.store)
     parent = tracking.latest_study_run("resumed").info.run_id
     finished_before = {r.trial_key for r in tracking.trial_records(
@@ -539,9 +562,13 @@ def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
     records = tracking.trial_records(parent, tracking.experiment_id("resumed"))
     kill_at = sorted(f"{r.trial_key}:{r.status}" for r in records)
     wait_for_job(address, job, timeout=120)
+    events.mark(f"driver killed at {kill_at}")
 
     job = submit("resume", "--study", "resumed", "--tracking-uri", uri, "--address", address)
+    events.mark(f"second resume submitted {job}")
     final = job_done(address, job, progress)
+    events.mark(f"last job ended: {final.status.value}")
+    events.show()
     return Resumed(first, first_logs, kill_at, final, job_client(address).get_job_logs(job),
                    root / "out")
 

