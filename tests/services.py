@@ -197,10 +197,12 @@ class RayCluster:
         self.node_ids["head"] = self.node_id("head")
 
     def add_node(self, name: str, num_cpus: int, resources: dict[str, float] | None = None) -> None:
-        before = len(self.alive_nodes())
         self._start(name, ["--address", self.gcs_address, "--num-cpus", str(num_cpus),
                            "--resources", json.dumps({name: 1, **(resources or {})})])
-        wait_until(lambda: self._running() and len(self.alive_nodes()) > before, 90,
+        # known by its own resource: a node killed just before still counts as alive until the
+        # head's health checks give up on it
+        wait_until(lambda: self._running() and any(
+            n.get("resources_total", {}).get(name) for n in self.alive_nodes()), 90,
                    f"Ray node {name}", explain=self.explain)
         self.node_ids[name] = self.node_id(name)
 
