@@ -5,7 +5,10 @@ PostgreSQL server and a basic-auth MLflow server, then:
 1. submits a tiny real study with `dit-scaling submit` and measures seconds from the call to the
    first trial step (the earliest metric any trial logged to MLflow);
 2. reads the service's per-trial start-up (Tune trial start to first reported step, median over
-   the study's trials, logged by the driver as `trial_startup_s_median`);
+   the study's trials, logged by the driver as `trial_startup_s_median`) and where it went: each
+   trial's `startup_setup_s` (trial function entry to training loop: its MLflow run) and
+   `startup_train_s` (training loop to first report: model, data readers, the first step); the
+   rest is Tune's (trial actor, the report's trip back);
 3. on the same cluster, starts bare `TorchTrainer`s (same resources, a function that only records
    the time it starts) and measures fit() to that first line.
 The service overhead per trial is (2) minus (3).
@@ -127,6 +130,8 @@ def main() -> None:
                              f"trials not finished: {unfinished or 'all'}")
         first_step = min(m.timestamp for r in records
                          for m in tracking.client.get_metric_history(r.info.run_id, "step")) / 1e3
+        setup = statistics.median(r.data.metrics["startup_setup_s"] for r in records)
+        to_report = statistics.median(r.data.metrics["startup_train_s"] for r in records)
         service = study.data.metrics.get("trial_startup_s_median")
         if service is None:
             raise SystemExit("the study run has no trial_startup_s_median: the driver stopped "
@@ -142,6 +147,10 @@ def main() -> None:
     rows = [
         ("submit -> first trial step", first_step - t_submit),
         (f"trial start -> first step, service (median of {len(records)})", service),
+        ("  of which: trial function -> training loop (MLflow run)", setup),
+        ("  of which: training loop -> first report (model, data, step 1)", to_report),
+        ("  of which: the rest (Tune's trial actor, the report's trip)",
+         service - setup - to_report),
         (f"TorchTrainer.fit -> train function, bare (median of {len(bare)})", bare_median),
     ]
     print(f"{'measured on a local Ray cluster (head + 2 one-CPU nodes)':<64}{'seconds':>10}")

@@ -1,14 +1,21 @@
-"""One trial on Ray: a Tune function trainable that builds a Ray Train `TorchTrainer`.
+"""One trial on Ray: a Tune function trainable that trains one isoFLOP point.
 
-Ray Train V2 (the default in Ray 2.60) cannot be passed to `Tuner` directly, so each Tune trial
-builds its own `TorchTrainer` and forwards the workers' reports to Tune with `TuneReportCallback`.
-The Train run name is fixed per study run and trial, so a retried trial resumes its own run from
-its last checkpoint instead of starting over (or silently resuming another trial's run).
+A single-worker trial trains in the Tune trial's own process: Tune checkpoints it
+(`tune.report(checkpoint=)`) and restarts it from its last checkpoint after a failure, and the
+actor, torch and the data readers already loaded serve the study's next trial. That removes the
+Train controller and worker group a `TorchTrainer` would start per trial (10-15 s before the
+first step on a 2-core machine). Ray Train V2's own local mode (`num_workers=0`) is no substitute:
+its reports never reach Tune and its checkpoints stay in memory.
 
-Metrics reach MLflow from the rank-0 worker through a buffered `MetricSink`, so nothing depends on
-the driver or the tracking server staying up; the worker also sets the trial's final status
-(finished or diverged). A full storage disk ends the trial with `StorageFullError`, which the
-driver turns into one message and a resumable stop.
+A multi-worker trial builds a Ray Train `TorchTrainer` and forwards the workers' reports to Tune
+with `TuneReportCallback` (Ray Train V2, the default in Ray 2.60, cannot be passed to `Tuner`
+directly). Its Train run name is fixed per study run and trial, so a retried trial resumes its own
+run from its last checkpoint instead of starting over (or silently resuming another trial's run).
+
+Both run the same loop (`_train_loop`). Metrics reach MLflow from rank 0 through a buffered
+`MetricSink`, so nothing depends on the driver or the tracking server staying up; rank 0 also sets
+the trial's final status (finished or diverged). A full storage disk ends the trial with
+`StorageFullError`, which the driver turns into one message and a resumable stop.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import errno
 import math
 import socket
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,6 +150,20 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
     return cfg, {k: str(v) for k, v in params.items()}
 
 
+def in_trial_process(spec: StudySpec) -> bool:
+    """Whether the study's trials train in the Tune trial's own process (one worker each)."""
+    return spec.resources.workers == 1
+
+
+def trial_resources(spec: StudySpec) -> dict[str, float]:
+    """What one trial's training process asks of the cluster (CPUs and GPUs)."""
+    res = spec.resources
+    need = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        need["GPU"] = res.gpus_per_worker
+    return need
+
+
 class StorageFullError(OSError):
     """The study's storage ran out of space; the study resumes once space is freed."""
 
@@ -165,20 +187,68 @@ def _storage_message(storage: str, study: str, err: BaseException) -> str:
             f"`dit-scaling resume --study {study}`")
 
 
+class _TrainWorker:
+    """A Ray Train worker's view of its run: rank, device, checkpoint and reports."""
+
+    def rank(self) -> int:
+        return ray.train.get_context().get_world_rank()
+
+    def device(self):
+        return ray.train.torch.get_device()  # this worker's GPU, or the CPU
+
+    def checkpoint(self) -> Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+class _TuneTrial:
+    """The Tune trial's own process as the only worker: reports and checkpoints go to Tune."""
+
+    def rank(self) -> int:
+        return 0
+
+    def device(self):
+        import torch
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs, so its first is device 0
+        return torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")
+
+    def checkpoint(self) -> tune.Checkpoint | None:
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ckpt)
+
+
 def _worker_loop(config: dict) -> None:
-    """Runs on every Train worker: train, report to Tune and (rank 0) to MLflow.
+    """Runs on every Train worker of a multi-worker trial."""
+    _train_loop(config, _TrainWorker())
+
+
+def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
+    """Train, report to Tune and (rank 0) to MLflow.
 
     Rank 0 sends metrics through a buffered `MetricSink`, so an unreachable tracking server never
     stops training; while it is unreachable each report also carries `mlflow_pending` (metrics
     waiting) so the driver can say so. A worker restarted from a checkpoint logs
     `resumed_from_step`, and the node it runs on is tagged `dit.node`.
+
+    Where a start's seconds went, logged with the first report of each start (at its step):
+    `startup_setup_s` from the trial function's entry to this loop (its MLflow run, and for a
+    multi-worker trial the Train controller and worker group), `startup_train_s` from this loop
+    to its first report (model, data readers, the first `report_every` steps).
     """
+    loop_start = time.time()
     cfg: TrainConfig = config["train"]
     register_pyarrow_schemes()  # shards under s3://, gs://, ... are read through pyarrow.fs
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()  # this worker's GPU, or the CPU
+    rank = worker.rank()
+    device = worker.device()
     sink = MetricSink(config["tracking_uri"], config["run_id"]) if rank == 0 else None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = worker.checkpoint()
     if sink is not None:
         sink.set_tags({"dit.node": ray.get_runtime_context().get_node_id(),
                        "dit.hostname": socket.gethostname()})
@@ -191,9 +261,8 @@ def _worker_loop(config: dict) -> None:
             # its sink delivers them leaves no hole in the curve (the resumed worker sends them).
             save_metrics(Path(checkpoint_dir) / UNDELIVERED_FILE, sink.run_id,
                          sink.undelivered() + items)
-        ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         try:
-            ray.train.report({**metrics, **extra}, checkpoint=ckpt)
+            worker.report({**metrics, **extra}, str(checkpoint_dir) if checkpoint_dir else None)
         except OSError as err:  # pyarrow's copy may leave errno unset; its text says ENOSPC
             if storage_full(err):
                 raise StorageFullError(errno.ENOSPC, _storage_message(
@@ -202,8 +271,15 @@ def _worker_loop(config: dict) -> None:
         # Logged once Train has the report (and its checkpoint): a report whose checkpoint could
         # not be stored is trained again, and logged then.
         if sink is not None:
+            if not started:
+                started.append(time.time())
+                entered = config.get("trial_start", loop_start)
+                items += stamp({"startup_setup_s": loop_start - entered,
+                                "startup_train_s": started[0] - loop_start},
+                               int(metrics["step"]))
             sink.log_stamped(items)
 
+    started: list[float] = []
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
@@ -233,12 +309,14 @@ def _finished_before(tracking: Tracking, run_id: str) -> dict | None:
 
 
 def run_trial(config: dict, ctx: StudyContext) -> None:
-    """The Tune function trainable: one isoFLOP point, trained by a TorchTrainer.
+    """The Tune function trainable: one isoFLOP point, trained here (one worker) or by a
+    TorchTrainer (several).
 
     A trial that MLflow already holds as finished (the driver died after the trial ended but
     before Tune recorded it) reports its recorded metrics instead of training again. Each start
     logs `attempt` (1, 2, ...), so reruns are visible.
     """
+    trial_start = time.time()
     trial = TrialSpec.from_config(config)
     key = config.get("trial_key", trial.key)  # sweep trials share a shape, not a key
     spec = ctx.study_spec
@@ -256,24 +334,14 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     dataset_json = Path(ctx.dataset_root) / "dataset.json"
     if ctx.dataset_root and dataset_json.is_file():
         tracking.log_artifacts(run_id, [dataset_json], "data")
-    res = spec.resources
-    per_worker = {"CPU": res.cpus_per_worker}
-    if res.gpus_per_worker:
-        per_worker["GPU"] = res.gpus_per_worker
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri,
-                           "storage_path": ctx.storage_path, "study": ctx.study},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
-                                     resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=ctx.train_run_name(key), storage_path=ctx.storage_path,
-            callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=res.max_failures, controller_failure_limit=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
+    loop_config = {"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri,
+                   "storage_path": ctx.storage_path, "study": ctx.study,
+                   "trial_start": trial_start}
     try:
-        trainer.fit()
+        if in_trial_process(spec):
+            _train_loop(loop_config, _TuneTrial())
+        else:
+            _torch_trainer(ctx, key, loop_config).fit()
     except Exception as err:
         full = storage_full(err)
         tracking.set_status(run_id, "failed")
@@ -283,6 +351,22 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
             raise StorageFullError(errno.ENOSPC, _storage_message(ctx.storage_path, ctx.study,
                                                                   err)) from None
         raise
+
+
+def _torch_trainer(ctx: StudyContext, key: str, loop_config: dict) -> TorchTrainer:
+    """The Ray Train run of a multi-worker trial; its workers restart from its last checkpoint
+    up to `resources.max_failures` times."""
+    res = ctx.study_spec.resources
+    return TorchTrainer(
+        _worker_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
+                                     resources_per_worker=trial_resources(ctx.study_spec)),
+        run_config=ray.train.RunConfig(
+            name=ctx.train_run_name(key), storage_path=ctx.storage_path,
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res.max_failures, controller_failure_limit=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
 
 
 def _first_line(err: BaseException) -> str:

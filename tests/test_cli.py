@@ -58,7 +58,7 @@ def test_every_trial_has_a_nested_run_with_metrics(study, tiny_data):
     for r in records:
         assert r.status == "finished"
         assert {"loss", "loss_ema", "val_loss", "tokens", "flops_6nd", "ood_loss", "fid",
-                "eval_seconds"} <= set(r.metrics)
+                "eval_seconds", "startup_setup_s", "startup_train_s"} <= set(r.metrics)
         assert {"params", "tokens", "compute_6nd", "compute_exact", "depth", "width", "heads",
                 "steps", "batch_size", "budget"} <= set(r.params)
         history = tracking.client.get_metric_history(r.run_id, "loss")
@@ -66,6 +66,9 @@ def test_every_trial_has_a_nested_run_with_metrics(study, tiny_data):
         assert r.params["dataset_hash"] == tiny_data.content_hash
         assert [a.path for a in tracking.client.list_artifacts(r.run_id, "data")] == [
             "data/dataset.json"]
+    # one folder per trial in the study's storage, named by its isoFLOP point
+    folders = {d.name.rsplit("-", 1)[0] for d in (out / "ray").glob("e2e-*/*") if d.is_dir()}
+    assert folders == {r.trial_key for r in records}
 
 
 def test_laws_are_logged_on_the_study_run(study):

@@ -190,7 +190,8 @@ class Timeline(list):
 
 
 def checkpoints(storage: Path) -> list[Path]:
-    return sorted(storage.glob("*/checkpoint_*"))
+    """The trials' checkpoints, in STORAGE/EXPERIMENT/TRIALKEY-TRIALID/checkpoint_*."""
+    return sorted(storage.glob("*/*/checkpoint_*"))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -322,12 +323,13 @@ def faulty(services, tiny_data, tmp_path_factory):
     # 1. Kill the worker node of the longest trial (25k parameters at 4e10 FLOPs: 1016 steps) once
     #    it has written its first checkpoint (at step 100).
     def long_trial_checkpoints():
-        return [c for c in checkpoints(storage) if c.parent.name.endswith(OUTAGE_TRIAL)]
+        return [c for c in checkpoints(storage)
+                if c.parent.name.rsplit("-", 1)[0] == OUTAGE_TRIAL]
 
     progress = stored_metric_rows(services.store)
     first = wait_progressing(long_trial_checkpoints, progress, "a first checkpoint",
                              poll=0.1)[0]
-    key = first.parent.name.split("-", 2)[-1]  # Train run name: STUDY-RUNID8-TRIALKEY
+    key = first.parent.name.rsplit("-", 1)[0]
     run = wait_until(lambda: tracking.client.search_runs(
         [tracking.experiment_id("faulty")], f"tags.`{TRIAL_KEY}` = '{key}'"), 30, "trial run")[0]
     node_id = wait_until(lambda: tracking.client.get_run(run.info.run_id).data.tags.get(

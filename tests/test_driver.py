@@ -11,16 +11,24 @@ def spec(**resources):
     return parse_spec({"name": "d", "budgets": [1e11, 1e12], "resources": resources})
 
 
-def test_slots_let_trials_fill_the_cpus():
+def test_a_single_worker_trial_reserves_its_cpus_in_its_own_actor():
     k, res = trial_concurrency(spec(), {"CPU": 2.0, "trial_slot": 2.0})
-    assert k == 2 and res == {"CPU": 0, "trial_slot": 1}
+    assert k == 2 and res == {"CPU": 1.0}
+    k, res = trial_concurrency(spec(cpus_per_worker=2, gpus_per_worker=1), {"CPU": 16.0,
+                                                                           "GPU": 2.0})
+    assert k == 2 and res == {"CPU": 2.0, "GPU": 1.0}
+
+
+def test_multi_worker_trials_fill_the_cpus_with_their_worker_groups():
+    k, res = trial_concurrency(spec(workers=2), {"CPU": 4.0, "trial_slot": 2.0})
+    assert k == 2 and res == {"CPU": 0.0, "trial_slot": 1}
 
 
 def test_without_slots_a_sliver_of_cpu_keeps_worker_groups_whole():
-    # 2 trials x (1 worker CPU + 0.01) would not fit in 2 CPUs: the second group would time out.
-    k, res = trial_concurrency(spec(), {"CPU": 2.0})
+    # 2 trials x (2 worker CPUs + 0.01) would not fit in 4 CPUs: the second group would time out.
+    k, res = trial_concurrency(spec(workers=2), {"CPU": 4.0})
     assert k == 1 and res == {"CPU": 0.01}
-    assert trial_concurrency(spec(), {"CPU": 16.0})[0] == 15
+    assert trial_concurrency(spec(workers=2), {"CPU": 16.0})[0] == 7
 
 
 def test_gpus_and_caps_bound_concurrency():

@@ -27,7 +27,14 @@ from search.runs_writer import RunsTableWriter
 from search.simulated import SimContext, gpu_request, report_metrics, run_simulated_trial
 from search.spec import StudySpec
 from search.study.session import StudySession
-from search.trial import StorageFullError, StudyContext, eval_config, run_trial
+from search.trial import (
+    StorageFullError,
+    StudyContext,
+    eval_config,
+    in_trial_process,
+    run_trial,
+    trial_resources,
+)
 from search.trial_log import SimulatedTrialLog, Usage, known_trial_runs
 
 # Ray Train reports at most every 2 s by default; tiny trials report far more often than that.
@@ -67,15 +74,17 @@ def connect_ray(spec: StudySpec) -> None:
         per_trial = spec.resources.workers * spec.resources.cpus_per_worker
         slots, extra = max(1, math.floor(cpus / per_trial)), {}
     ray.init(num_cpus=cpus, resources={TRIAL_SLOT: slots}, include_dashboard=False,
-             # Each trial starts ~4 processes (trial, controller, workers); let them start together.
+             # A multi-worker trial starts a controller and its workers; let them start together.
              _system_config={"worker_maximum_startup_concurrency": 2 * cpus}, **extra, **kwargs)
 
 
 def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int, dict]:
-    """How many real trials fit at once, and what each trial's own (driver-side) actor reserves.
+    """How many real trials fit at once, and what each trial's own actor reserves.
 
-    A Train worker group that cannot get its resources waits 60 s and is then killed, so trials run
-    only as many at a time as their worker groups fit.
+    A single-worker trial trains in its trial actor, which reserves the worker's CPUs and GPUs.
+    A multi-worker trial's actor only drives its Train worker group; a worker group that cannot
+    get its resources waits 60 s and is then killed, so trials run only as many at a time as their
+    worker groups fit.
     """
     r = spec.resources
     need_cpu, need_gpu = r.workers * r.cpus_per_worker, r.workers * r.gpus_per_worker
@@ -84,17 +93,19 @@ def trial_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int
         raise ClusterError(f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs "
                            f"({r.workers} workers); the cluster has {have_cpu:g} CPUs and "
                            f"{have_gpu:g} GPUs: lower resources.workers or *_per_worker")
-    if TRIAL_SLOT in resources:
-        trial_resources = {"CPU": 0, TRIAL_SLOT: 1}
+    if in_trial_process(spec):  # trial slots are for actors that only drive worker groups
+        actor, k = trial_resources(spec), math.floor(have_cpu / need_cpu)
+    elif TRIAL_SLOT in resources:
+        actor = {"CPU": 0, TRIAL_SLOT: 1}
         k = min(math.floor(have_cpu / need_cpu), int(resources[TRIAL_SLOT]))
-    else:  # a cluster without slots: the trial actor takes a sliver of a CPU
-        trial_resources = {"CPU": 0.01}
+    else:  # a cluster without slots: the driving actor takes a sliver of a CPU
+        actor = {"CPU": 0.01}
         k = math.floor(have_cpu / (need_cpu + 0.01))
     if need_gpu:
         k = min(k, math.floor(have_gpu / need_gpu))
     if r.max_concurrent_trials:
         k = min(k, r.max_concurrent_trials)
-    return max(1, k), trial_resources
+    return max(1, k), actor
 
 
 def simulated_concurrency(spec: StudySpec, resources: dict[str, float]) -> tuple[int, object]:

@@ -26,7 +26,7 @@ from search.errors import first_line
 from search.progress import StudyProgress
 from search.study.backend import Backend
 from search.study.session import StudySession
-from search.trial import StorageFullError, storage_full
+from search.trial import StorageFullError, in_trial_process, storage_full
 from search.trial_log import Usage, known_trial_runs
 
 
@@ -89,14 +89,28 @@ def build_tuner(session: StudySession, backend: Backend, searcher: Searcher | No
         tuner._local_tuner.get_run_config().callbacks = callbacks
         return tuner
     name, storage = experiment.rsplit("/", 1)[1], experiment.rsplit("/", 1)[0]
+    spec = session.spec
+    here = not spec.simulated and in_trial_process(spec)
+    # A trial that trains in its own actor is restarted by Tune from its last checkpoint; one
+    # that drives a Train worker group is restarted by Train, and by Tune once if its actor dies.
+    retries = spec.resources.max_failures if here else 1
     return tune.Tuner(
         backend.trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
                                     max_concurrent_trials=backend.concurrency,
-                                    reuse_actors=session.spec.simulated),
+                                    # the next trial finds torch and the data readers loaded
+                                    reuse_actors=spec.simulated or here,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                   callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                  failure_config=tune.FailureConfig(max_failures=retries)))
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder in the study's storage (its checkpoints, its error): its key, then
+    Tune's id, so the folder says which isoFLOP point it holds."""
+    return f"{trial.config.get('trial_key', 'trial')}-{trial.trial_id}"
 
 
 def execute(session: StudySession, searcher: Searcher | None, planned: int | None,

@@ -1,7 +1,7 @@
 """A diverging trial for the fault-matrix tests: the training loss turns NaN from a given step.
 
 No production code reads this. `install(target, step)` wraps the training loop's step function
-(`scaling.train._train_step`) so that, in the Ray Train run whose name is `STUDY-RUNID-TRIALKEY`
+(`scaling.train._train_step`) so that, in the trial run whose name is `STUDY-RUNID-TRIALKEY`
 for `target = "STUDY/TRIALKEY"`, every step from `step` on returns a NaN loss; the loop's own
 divergence handling (stop, report `diverged`, exclusion from the fit) then runs for real. On a
 cluster, `sitecustomize.py` beside this file calls it in every process of a node started with
@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 NAN_LOSS_ENV = "DIT_TEST_NAN_LOSS"  # "STUDY/TRIALKEY@STEP"
 
 
 def _run_name() -> str | None:
+    """`STUDY-RUNID-TRIALKEY`: the Ray Train run's name in a Train worker; in a trial that trains
+    in its own Tune actor, the same from its experiment and trial folder (`TRIALKEY-TRIALID`)."""
     try:
         import ray.train
 
         return ray.train.get_context().get_experiment_name()
     except Exception:  # not inside a Ray Train worker
+        pass
+    try:
+        from ray import tune
+
+        parts = Path(tune.get_context().get_trial_dir()).parts
+    except Exception:  # not inside a Tune trial either
         return None
+    # Tune stages a trial's folder as EXPERIMENT/driver_artifacts/TRIAL, and a reused actor's
+    # as EXPERIMENT/working_dirs/TRIAL
+    experiment = parts[-3] if parts[-2] in ("driver_artifacts", "working_dirs") else parts[-2]
+    return f"{experiment}-{parts[-1].rsplit('-', 1)[0]}"
 
 
 def matches(target: str, run_name: str | None) -> bool:
