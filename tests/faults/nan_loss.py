@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 NAN_LOSS_ENV = "DIT_TEST_NAN_LOSS"  # "STUDY/TRIALKEY@STEP"
@@ -30,7 +31,9 @@ def _run_name() -> str | None:
     try:
         from ray import tune
 
-        parts = Path(tune.get_context().get_trial_dir()).parts
+        with warnings.catch_warnings():  # outside a trial Tune warns, then returns None
+            warnings.simplefilter("ignore")
+            parts = Path(tune.get_context().get_trial_dir()).parts
     except Exception:  # not inside a Tune trial either
         return None
     # Tune stages a trial's folder as EXPERIMENT/driver_artifacts/TRIAL, and a reused actor's
