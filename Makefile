@@ -17,8 +17,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]'
 	touch $@
 
+# the study, then its law checked at 3x its largest budget (a model it never trained)
 demo: $(VENV)/.installed
 	$(BIN)/dit-scaling run search/studies/demo.toml
+	$(BIN)/dit-scaling validate --study demo --budget 6e12
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
