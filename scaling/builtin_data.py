@@ -223,18 +223,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class DatasetConflict(FileExistsError):
+    """The data path already holds something else than the dataset asked for; nothing is
+    overwritten."""
+
+
 def _reuse(root: Path, params: dict) -> DatasetInfo | None:
     """The dataset already at `root` if it was written with `params`; None if there is none."""
     if not (root / "dataset.json").exists():
         if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"{root} exists, is not empty and holds no dataset.json: "
+            raise DatasetConflict(f"{root} exists, is not empty and holds no dataset.json: "
                                   "choose another data path")
         return None
     info = DatasetInfo.load(root)
     if info.params != params:
         diff = sorted(k for k in params.keys() | info.params.keys()
                       if params.get(k) != info.params.get(k))
-        raise FileExistsError(
+        raise DatasetConflict(
             f"{root} holds a dataset written with other parameters ("
             + ", ".join(f"{k}: {info.params.get(k)!r} there, {params.get(k)!r} asked" for k in diff)
             + "): remove it or choose another data path")

@@ -22,6 +22,7 @@ _USER_ERRORS = {
     "search.errors": ("TrackingError", "UsageError"),
     "search.spec": ("SpecError",),
     "scaling.runs_table": ("RunsTableError",),
+    "scaling.builtin_data": ("DatasetConflict",),
     "scaling.laws.fit": ("LawFitError",),
     "search.driver": ("ClusterError",),
     "search.study.backend": ("ClusterError",),

@@ -69,6 +69,17 @@ def test_a_bad_spec_is_refused_in_one_line_before_anything_is_written(tmp_path, 
     assert list(work.iterdir()) == []  # no dit-scaling-runs/, no store, no data
 
 
+def test_a_data_path_holding_another_dataset_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    dataset_json(out / "data", 32)  # written with other parameters than the spec asks
+    spec = tmp_path / "other.toml"
+    spec.write_text(f'name = "bad"\nbudgets = [1e11, 2e11]\noutput_dir = "{out}"\n')
+    r = dit_scaling("run", str(spec), cwd=tmp_path)
+    assert r.code == 2 and r.one_line_error, r.err
+    assert f"{out / 'data'} holds a dataset written with other parameters" in r.err
+    assert "remove it or choose another data path" in r.err
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """A real SQLite store holding one study with a trial run."""
