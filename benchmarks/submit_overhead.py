@@ -130,8 +130,12 @@ def main() -> None:
                              f"trials not finished: {unfinished or 'all'}")
         first_step = min(m.timestamp for r in records
                          for m in tracking.client.get_metric_history(r.info.run_id, "step")) / 1e3
-        setup = statistics.median(r.data.metrics["startup_setup_s"] for r in records)
-        to_report = statistics.median(r.data.metrics["startup_train_s"] for r in records)
+        timed = [r.data.metrics for r in records if "startup_train_s" in r.data.metrics]
+        if not timed:
+            raise SystemExit("no trial run logged its start-up breakdown (startup_setup_s, "
+                             "startup_train_s)")
+        setup = statistics.median(m["startup_setup_s"] for m in timed)
+        to_report = statistics.median(m["startup_train_s"] for m in timed)
         service = study.data.metrics.get("trial_startup_s_median")
         if service is None:
             raise SystemExit("the study run has no trial_startup_s_median: the driver stopped "
@@ -147,7 +151,8 @@ def main() -> None:
     rows = [
         ("submit -> first trial step", first_step - t_submit),
         (f"trial start -> first step, service (median of {len(records)})", service),
-        ("  of which: trial function -> training loop (MLflow run)", setup),
+        (f"  of which: trial function -> training loop (MLflow run; {len(timed)} trials)",
+         setup),
         ("  of which: training loop -> first report (model, data, step 1)", to_report),
         ("  of which: the rest (Tune's trial actor, the report's trip)",
          service - setup - to_report),
