@@ -254,6 +254,7 @@ def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
                        "dit.hostname": socket.gethostname()})
 
     def report(metrics: dict[str, float], checkpoint_dir) -> None:
+        nonlocal reported
         extra = {"mlflow_pending": float(sink.pending)} if sink is not None and sink.failing else {}
         items = stamp(metrics, int(metrics["step"])) if sink is not None else []
         if checkpoint_dir and sink is not None:
@@ -271,15 +272,15 @@ def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
         # Logged once Train has the report (and its checkpoint): a report whose checkpoint could
         # not be stored is trained again, and logged then.
         if sink is not None:
-            if not started:
-                started.append(time.time())
+            if not reported:
+                reported = True
                 entered = config.get("trial_start", loop_start)
                 items += stamp({"startup_setup_s": loop_start - entered,
-                                "startup_train_s": started[0] - loop_start},
+                                "startup_train_s": time.time() - loop_start},
                                int(metrics["step"]))
             sink.log_stamped(items)
 
-    started: list[float] = []
+    reported = False  # the first report of this start carries its start-up times
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
