@@ -1,6 +1,6 @@
 """The adaptive allocator's decisions: which model size to train next at which budget.
 
-Pure logic (no Ray, no MLflow): the Ray Tune `AllocatorSearcher` (search/searcher.py), `plan`
+Pure logic (no Ray, no MLflow): the study's `AllocatorProposer` (search/study/proposers.py), `plan`
 (search/plan.py) and `refine` all drive this one class, so a plan and a run decide alike.
 
 Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling/ladder.py):

@@ -68,7 +68,7 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
     if spec.trainer.lr_sweep is not None:
         sweep_configs(spec, session.template, grid_trials(spec, session.template, prior))
     start_run(session)
-    searcher, total = study_proposer(session, prior, inner, planned)
+    proposer, total = study_proposer(session, prior, inner, planned)
     set_planned(session, total)
     trials = f"{total} trials" if total is not None else "adaptive trials"
     trainer = (f"simulated trainer (surface {spec.trainer.surface})" if spec.simulated
@@ -77,7 +77,7 @@ def run_study(spec: StudySpec, out: Callable[[str], None] | None = None) -> Stud
         f"a multiply-add = 2 FLOPs), allocator {spec.allocator.kind}, {trainer}")
     out(f"MLflow: {spec.tracking_uri}  experiment {spec.name!r}  study run "
         f"{session.study_run_id}")
-    return finish(session, execute(session, searcher, total), t0)
+    return finish(session, execute(session, proposer, total), t0)
 
 
 def _pickle_complete(data: bytes) -> None:
@@ -134,7 +134,7 @@ def resume_study(study_name: str, tracking_uri: str,
         return finish(session, execute(session, None, session.planned), t0)
     prior = study_prior(session)
     inner, planned = inner_proposer(spec, session.template, prior, out)
-    searcher, total = study_proposer(session, prior, inner, planned)
+    proposer, total = study_proposer(session, prior, inner, planned)
     old = session.experiment
     session.experiment = (f"{experiment_path(spec, session.study_run_id)}"
                           f"-r{time.strftime('%Y%m%d%H%M%S')}")
@@ -143,7 +143,7 @@ def resume_study(study_name: str, tracking_uri: str,
     out(f"study {spec.name}: Tune's state at {old} cannot be restored ({problem}); resuming "
         f"study run {session.study_run_id} from MLflow and the trials' checkpoints in "
         f"{session.experiment}")
-    return finish(session, execute(session, searcher, total), t0)
+    return finish(session, execute(session, proposer, total), t0)
 
 
 def refine_study(study: str, tracking_uri: str, budgets: list[float] | None = None,
@@ -188,9 +188,9 @@ def refine_study(study: str, tracking_uri: str, budgets: list[float] | None = No
     n = len(tracking.client.search_runs([run.info.experiment_id],
                                         f"tags.`{KIND}` = 'study'")) + len(previous)
     name = f"{spec.name}-{run_id[:8]}-refine-{n}-{int(time.time())}"
-    searcher, _ = study_proposer(session, prior, inner, None)
+    proposer, _ = study_proposer(session, prior, inner, None)
     experiment = f"{spec.storage_path.rstrip('/')}/{name}"
-    return finish(session, execute(session, searcher, None, experiment), t0, previous)
+    return finish(session, execute(session, proposer, None, experiment), t0, previous)
 
 
 def _with_study_rule(spec: StudySpec, params: dict[str, str]) -> StudySpec:

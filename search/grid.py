@@ -1,6 +1,6 @@
 """The fixed isoFLOP grid: for every budget, the spec's sizes or k sizes spaced in log N around
-the 6ND heuristic, rounded to the model ladder, planned into steps, and served to Ray Tune by a
-Searcher.
+the 6ND heuristic, rounded to the model ladder, planned into steps, and served in order by
+`GridProposer` (a `search.proposal.Proposer`).
 
 Every trial config is plain data (budget in FLOPs, depth, width, heads, N), so Tune can save and
 restore it and a trial is reproducible from it and the study spec.
@@ -9,15 +9,13 @@ restore it and a trial is reproducible from it and the study spec.
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-
-from ray.tune.search import Searcher
 
 from scaling.flops import TrialPlan, plan_trial
 from scaling.ladder import nearest
 from scaling.model import DiTConfig, ModelShape
+from search.proposal import FINISHED, Proposer
 from search.spec import StudySpec
 
 MIN_STEPS = 10  # a trial shorter than this measures the warmup, not the model
@@ -112,40 +110,22 @@ def fixed_grid(spec: StudySpec, template: DiTConfig,
     return trials
 
 
-class StateSearcher(Searcher):
-    """A Tune Searcher whose whole state is its `get_state()` (subclasses define it and
-    `set_state`): Tune's save/restore pickle it, so a restored study goes on as before."""
+class GridProposer(Proposer):
+    """Serves a fixed list of trials in order. `trials` are TrialSpecs or ready trial configs
+    (see `trial_config`)."""
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
-
-
-class GridSearcher(StateSearcher):
-    """Serves a fixed list of trials to Ray Tune, in order; resumable through save/restore.
-    `trials` are TrialSpecs or ready Tune configs (see `trial_config`)."""
-
-    def __init__(self, trials: list[TrialSpec] | list[dict], metric: str = "loss",
-                 mode: str = "min"):
-        super().__init__(metric=metric, mode=mode)
+    def __init__(self, trials: list[TrialSpec] | list[dict]):
         self.configs = [t if isinstance(t, dict) else t.config() for t in trials]
         self.next_index = 0
-        self.issued: dict[str, str] = {}  # Tune trial id -> trial key
+        self.issued: dict[str, str] = {}  # trial id -> trial key
 
-    def suggest(self, trial_id: str):
+    def suggest(self, trial_id: str) -> dict | str:
         if self.next_index >= len(self.configs):
-            return Searcher.FINISHED
+            return FINISHED
         config = self.configs[self.next_index]
         self.next_index += 1
         self.issued[trial_id] = config["trial_key"]
         return dict(config)
-
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-        pass  # the fixed grid does not adapt; the adaptive allocator does
 
     def get_state(self) -> dict:
         return {"configs": self.configs, "next_index": self.next_index, "issued": self.issued}
@@ -154,4 +134,3 @@ class GridSearcher(StateSearcher):
         self.configs = state["configs"]
         self.next_index = state["next_index"]
         self.issued = state["issued"]
-

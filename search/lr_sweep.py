@@ -10,8 +10,8 @@ Without `trainer.lr_sweep` every trial takes its LR and warmup from the spec's r
    the rule's base LR and exponent are fitted to those optima, and the grid's trials are served
    with the fitted rule's LR and warmup in their config.
 
-`LRSweepSearcher` wraps the study's own searcher (the fixed grid or an allocator), so phase 2 is
-that searcher unchanged. Sweep trials are MLflow runs under the study run with param
+`LRSweepProposer` wraps the study's own proposer (the fixed grid or an allocator), so phase 2 is
+that proposer unchanged. Sweep trials are MLflow runs under the study run with param
 `phase = lr_sweep`; the law fit leaves them out, and the fitted rule is logged on the study run.
 """
 
@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ray.tune.search import Searcher
-
 from scaling.hparams import LRRule, SweepPoint, fit_lr_rule
 from scaling.ladder import nearest
 from scaling.model import DiTConfig
-from search.grid import MIN_STEPS, GridError, StateSearcher, TrialSpec, plan
+from search.grid import MIN_STEPS, GridError, TrialSpec, plan
+from search.proposal import Proposer
 from search.spec import StudySpec
 
 SWEEP = "lr_sweep"
@@ -72,21 +71,22 @@ def sweep_configs(spec: StudySpec, template: DiTConfig, grid: list[TrialSpec]) -
     return configs
 
 
-class LRSweepSearcher(StateSearcher):
+class LRSweepProposer(Proposer):
     """Serves the sweep trials, waits for all of them, fits the rule, then serves the inner
-    searcher's trials with the fitted LR and warmup. Resumable through save/restore."""
+    proposer's trials with the fitted LR and warmup. `metric` is the result field a sweep trial
+    is judged by."""
 
-    def __init__(self, sweep: list[dict], inner: Searcher, rule: LRRule, metric: str,
+    def __init__(self, sweep: list[dict], inner: Proposer, rule: LRRule, metric: str,
                  on_rule: Callable[[LRRule, list[SweepPoint], str | None], None] | None = None):
-        super().__init__(metric=metric, mode="min")
         self.sweep, self.inner, self.rule, self.on_rule = sweep, inner, rule, on_rule
+        self.metric = metric
         self.next_index = 0
         self.running: dict[str, dict] = {}  # Tune trial id -> sweep config
         self.points: list[SweepPoint] = []
         self.fitted: LRRule | None = None
         self.error: str | None = None
 
-    def suggest(self, trial_id: str):
+    def suggest(self, trial_id: str) -> dict | str | None:
         if self.next_index < len(self.sweep):
             config = dict(self.sweep[self.next_index])
             self.next_index += 1

@@ -1,6 +1,6 @@
 """`dit-scaling plan`: simulate a study in-process before any GPU is spent.
 
-Each repeat runs the study's allocator (the same `Allocator` class the Ray searcher drives) or
+Each repeat runs the study's allocator (the same `Allocator` class a study's proposer drives) or
 its fixed grid against a simulated trainer (`scaling.simulate`, the same function the Ray
 trainable calls) on a virtual clock with `concurrency` trial slots, then fits the laws as the
 service would. Repeats differ in the study seed, so in the noise of every simulated loss and in

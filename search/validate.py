@@ -23,7 +23,7 @@ import numpy as np
 
 from scaling.ladder import nearest
 from scaling.laws.result import Prediction
-from search.grid import GridSearcher, TrialSpec, plan, trial_config
+from search.grid import GridProposer, TrialSpec, plan, trial_config
 from search.records import KIND, PARENT, STATUS, STUDY
 from search.results import load_laws
 from search.spec import SpecError
@@ -119,8 +119,8 @@ def validate_study(study: str, tracking_uri: str, budget: float, sizes: int = 1,
                        experiment=f"{session.experiment}-validate-{vid[:8]}")
     configs = [{**trial_config(spec, session.template, t), "phase": "validation"}
                for t in vplan.trials]
-    searcher = ReuseFinished(GridSearcher(configs), tracking.uri, spec.name, vid)
-    execute(vsession, searcher, len(configs))
+    proposer = ReuseFinished(GridProposer(configs), tracking.uri, spec.name, vid)
+    execute(vsession, proposer, len(configs))
     summary = _compare(vplan, tracking.trial_records(vid, exp), spec.metric)
     tracking.set_tags(vid, {VALIDATION_TAG: json.dumps(summary)})
     tracking.set_tags(session.study_run_id, {LAST_VALIDATION_TAG: json.dumps(summary)})

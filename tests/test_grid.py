@@ -1,16 +1,17 @@
-"""The fixed isoFLOP grid and the Searcher that serves it to Ray Tune."""
+"""The fixed isoFLOP grid and the proposer that serves it."""
 
 import pytest
 
 from scaling.model import DiTConfig, ModelShape
 from search.grid import (
     GridError,
-    GridSearcher,
+    GridProposer,
     TrialSpec,
     budget_trials,
     fixed_grid,
     heuristic_params,
 )
+from search.proposal import FINISHED
 from search.spec import parse_spec
 
 TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_len=14)
@@ -59,14 +60,13 @@ def test_trial_config_round_trip():
     assert t.key.startswith("C1e12-d")
 
 
-def test_searcher_serves_in_order_then_finishes(tmp_path):
+def test_proposer_serves_in_order_then_finishes():
     trials = fixed_grid(spec(), TEMPLATE)
-    searcher = GridSearcher(trials)
-    first = searcher.suggest("t1")
+    proposer = GridProposer(trials)
+    first = proposer.suggest("t1")
     assert first["trial_key"] == trials[0].key
-    searcher.save(str(tmp_path / "state.pkl"))
-    restored = GridSearcher([])
-    restored.restore(str(tmp_path / "state.pkl"))
+    restored = GridProposer([])
+    restored.set_state(proposer.get_state())
     rest = [restored.suggest(f"t{i}") for i in range(2, len(trials) + 1)]
     assert [c["trial_key"] for c in rest] == [t.key for t in trials[1:]]
-    assert restored.suggest("extra") == GridSearcher.FINISHED
+    assert restored.suggest("extra") == FINISHED

@@ -1,14 +1,15 @@
-"""LR by size: the spec's rule per trial, the sweep phase, and its searcher (no cluster needed)."""
+"""LR by size: the spec's rule per trial, the sweep phase, and its proposer (no cluster needed)."""
 
 import math
 
 import pytest
-from ray.tune.search import Searcher
 
 from scaling.model import DiTConfig, ModelShape
-from search.grid import GridError, GridSearcher, fixed_grid
-from search.lr_sweep import LRSweepSearcher, spec_rule, sweep_configs
+from search.grid import GridError, GridProposer, fixed_grid
+from search.lr_sweep import LRSweepProposer, spec_rule, sweep_configs
+from search.proposal import FINISHED
 from search.spec import parse_spec
+from search.study.tune_searcher import TuneSearcher
 from search.trial import StudyContext, parallel_for, train_config
 
 TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_dim=384, text_len=14)
@@ -72,7 +73,7 @@ def test_searcher_sweeps_then_serves_the_grid_with_the_fitted_rule(tmp_path):
     grid = fixed_grid(spec, TEMPLATE)
     sweep = sweep_configs(spec, TEMPLATE, grid)
     fitted = []
-    searcher = LRSweepSearcher(sweep, GridSearcher(grid), spec_rule(spec), "val_loss",
+    searcher = LRSweepProposer(sweep, GridProposer(grid), spec_rule(spec), "val_loss",
                                on_rule=lambda rule, points, error: fitted.append((rule, error)))
     issued = [searcher.suggest(f"t{i}") for i in range(len(sweep))]
     assert [c["trial_key"] for c in issued] == [c["trial_key"] for c in sweep]
@@ -81,15 +82,15 @@ def test_searcher_sweeps_then_serves_the_grid_with_the_fitted_rule(tmp_path):
     # Save mid-sweep, restore into a fresh searcher (a restarted driver) and finish there.
     for i, config in enumerate(issued[:-1]):
         searcher.on_trial_complete(f"t{i}", {"val_loss": loss_at(config)})
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = LRSweepSearcher(sweep, GridSearcher(grid), spec_rule(spec), "val_loss",
+    TuneSearcher(searcher).save(str(tmp_path / "searcher.pkl"))  # as Tune saves it
+    restored = LRSweepProposer(sweep, GridProposer(grid), spec_rule(spec), "val_loss",
                                on_rule=lambda rule, points, error: fitted.append((rule, error)))
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    TuneSearcher(restored).restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("still-early") is None
     restored.on_trial_complete(f"t{len(issued) - 1}", {"val_loss": loss_at(issued[-1])})
 
     served = []
-    while (config := restored.suggest(f"g{len(served)}")) != Searcher.FINISHED:
+    while (config := restored.suggest(f"g{len(served)}")) != FINISHED:
         served.append(config)
     assert len(served) == len(grid) and len(fitted) == 1
     assert sorted({c["width"] for c in sweep}) == [24, 56, 96]
@@ -107,7 +108,7 @@ def test_a_sweep_where_everything_diverged_keeps_the_spec_rule():
     grid = fixed_grid(spec, TEMPLATE)
     sweep = sweep_configs(spec, TEMPLATE, grid)
     errors = []
-    searcher = LRSweepSearcher(sweep, GridSearcher(grid), spec_rule(spec), "val_loss",
+    searcher = LRSweepProposer(sweep, GridProposer(grid), spec_rule(spec), "val_loss",
                                on_rule=lambda rule, points, error: errors.append(error))
     for i in range(len(sweep)):
         searcher.suggest(f"t{i}")

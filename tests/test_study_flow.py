@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ray.tune.search import Searcher
 
 from scaling.surface import SURFACES
 from search.allocator import resolve_prior
 from search.plan import simulate_study, simulated_template
+from search.proposal import FINISHED, Proposer
 from search.simulated import SimContext
 from search.spec import parse_spec
 from search.study.proposers import ReuseFinished, inner_proposer
@@ -33,18 +33,18 @@ def sim_spec(out: Path, kind: str, **trainer) -> dict:
             "resources": {"max_concurrent_trials": 1}}
 
 
-def drive(searcher: Searcher, ctx: SimContext, metric: str, limit: int = 200
+def drive(proposer: Proposer, ctx: SimContext, metric: str, limit: int = 200
           ) -> list[tuple[str, float]]:
-    """Tune's use of a searcher, one trial at a time, each finishing with its simulated loss;
+    """Tune's use of a proposer, one trial at a time, each finishing with its simulated loss;
     the (trial key, loss) of every dispatched trial, in order."""
     ran = []
     for i in range(limit):
-        config = searcher.suggest(f"t{i}")
-        if config in (None, Searcher.FINISHED):
+        config = proposer.suggest(f"t{i}")
+        if config in (None, FINISHED):
             return ran
         loss = ctx.run(config).final_loss
         ran.append((config["trial_key"], loss))
-        searcher.on_trial_complete(f"t{i}", {metric: loss, "loss": loss, "final": 1.0})
+        proposer.on_trial_complete(f"t{i}", {metric: loss, "loss": loss, "final": 1.0})
     raise AssertionError("the proposer never finished")
 
 

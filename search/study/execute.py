@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ray import tune
-from ray.tune.search import Searcher
 
 from search.errors import first_line
 from search.progress import StudyProgress
+from search.proposal import Proposer
 from search.study.backend import Backend
 from search.study.session import StudySession
+from search.study.tune_searcher import TuneSearcher
 from search.trial import StorageFullError, in_trial_process, storage_full
 from search.trial_log import Usage, known_trial_runs
 
@@ -76,12 +77,13 @@ class _Interruption:
             signal.signal(signal.SIGTERM, old[1])
 
 
-def build_tuner(session: StudySession, backend: Backend, searcher: Searcher | None,
+def build_tuner(session: StudySession, backend: Backend, proposer: Proposer | None,
                 planned: int | None, experiment: str) -> tune.Tuner:
-    """A Tuner for `experiment`: restored from Tune's saved state there when `searcher` is None
-    (searcher included), else fresh with `searcher`. The callbacks are always this driver's."""
+    """A Tuner for `experiment`: restored from Tune's saved state there when `proposer` is None
+    (the proposer's state included), else fresh with `proposer`. The callbacks are always this
+    driver's."""
     callbacks = backend.all_callbacks(planned)
-    if searcher is None:
+    if proposer is None:
         tuner = tune.Tuner.restore(experiment, trainable=backend.trainable,
                                    resume_unfinished=True, resume_errored=True)
         # Tune restores the callbacks pickled when the study started; this driver's own ones
@@ -96,7 +98,7 @@ def build_tuner(session: StudySession, backend: Backend, searcher: Searcher | No
     retries = spec.resources.max_failures if here else 1
     return tune.Tuner(
         backend.trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1,
+        tune_config=tune.TuneConfig(search_alg=TuneSearcher(proposer), num_samples=-1,
                                     max_concurrent_trials=backend.concurrency,
                                     # the next trial finds torch and the data readers loaded
                                     reuse_actors=spec.simulated or here,
@@ -113,9 +115,9 @@ def trial_dirname(trial) -> str:
     return f"{trial.config.get('trial_key', 'trial')}-{trial.trial_id}"
 
 
-def execute(session: StudySession, searcher: Searcher | None, planned: int | None,
+def execute(session: StudySession, proposer: Proposer | None, planned: int | None,
             experiment: str | None = None) -> Execution:
-    """Run the study's trials on Ray: a fresh Tuner with `searcher`, or (None) Tune's saved
+    """Run the study's trials on Ray: a fresh Tuner with `proposer`, or (None) Tune's saved
     state of `experiment` (default: the session's). Raises `StudyStopped` when interrupted."""
     spec, tracking = session.spec, session.tracking
     experiment = experiment or session.experiment
@@ -127,7 +129,7 @@ def execute(session: StudySession, searcher: Searcher | None, planned: int | Non
             backend = Backend.start(session)
             # after ray.init, which installs a SIGTERM handler of its own
             with interruption.installed():
-                tuner = build_tuner(session, backend, searcher, planned, experiment)
+                tuner = build_tuner(session, backend, proposer, planned, experiment)
                 logging.getLogger("ray.tune").setLevel(logging.WARNING)
                 results = tuner.fit()
         except KeyboardInterrupt:

@@ -1,9 +1,11 @@
 """What a study trains next, for every study kind, built the same way by `run`, `resume`,
-`refine` and `plan`.
+`refine` and `plan`. Every layer is a `search.proposal.Proposer` (no Ray): `execute` hands the
+outermost one to Tune through `search.study.tune_searcher.TuneSearcher`.
 
 - the fixed grid: the spec's [model] sizes per budget, centred on the allocator's prior (the
   6ND heuristic when the prior is "none"): `grid_trials`;
-- the adaptive allocator (`search.allocator`), seeded with a study's finished trials by `refine`;
+- the adaptive allocator (`search.allocator`) behind `AllocatorProposer`, seeded with a study's
+  finished trials by `refine`;
 - an LR sweep (`search.lr_sweep`) in front of either, when the spec asks for one;
 - outermost, `ReuseFinished`: a proposal that MLflow already holds as finished (a study resumed
   after its driver stopped) is completed from its record instead of being dispatched again.
@@ -13,14 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ray.tune.search import Searcher
-
 from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
-from search.allocator import Prior
-from search.grid import GridSearcher, StateSearcher, TrialSpec, fixed_grid, trial_config
-from search.lr_sweep import LRSweepSearcher, rule_params, spec_rule, sweep_configs
-from search.searcher import TUNE_METRIC, AllocatorSearcher
+from search.allocator import Allocator, Prior, SizeCatalogue
+from search.grid import GridProposer, TrialSpec, fixed_grid, trial_config
+from search.lr_sweep import LRSweepProposer, rule_params, spec_rule, sweep_configs
+from search.proposal import FINISHED, Proposer
 from search.spec import StudySpec
 from search.tracking import Tracking
 
@@ -39,13 +39,50 @@ def grid_trials(spec: StudySpec, template: DiTConfig, prior: Prior) -> list[Tria
     return sorted(trials, key=lambda t: t.budget, reverse=spec.allocator.order == "descending")
 
 
-class ReuseFinished(StateSearcher):
+class AllocatorProposer(Proposer):
+    """Serves the adaptive allocator's proposals as trial configs and feeds it every trial's
+    final metric (None when the trial failed or diverged)."""
+
+    def __init__(self, spec: StudySpec, template: DiTConfig, prior: Prior,
+                 out: Callable[[str], None] | None = None,
+                 extra_shapes: list[ModelShape] | tuple = ()):
+        self.spec, self.template = spec, template
+        self.allocator = Allocator(spec, SizeCatalogue(spec, template, extra_shapes), prior, out)
+        self.issued: dict[str, str] = {}  # trial id -> trial key
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        point = self.allocator.suggest()
+        if point is None or point == FINISHED:
+            return point
+        budget, _ = self.allocator.trial_of(point.key)
+        shape = self.allocator.catalogue.shapes[point.index]
+        self.issued[trial_id] = point.key
+        return trial_config(self.spec, self.template, TrialSpec(budget, shape, point.params))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        key = self.issued.get(trial_id)
+        if key is None:
+            return
+        loss = None
+        if not error and result and not result.get("diverged"):
+            loss = result.get(self.spec.metric)
+        self.allocator.complete(key, loss)
+
+    def get_state(self) -> dict:
+        return {"allocator": self.allocator.get_state(), "issued": dict(self.issued)}
+
+    def set_state(self, state: dict) -> None:
+        self.allocator.set_state(state["allocator"])
+        self.issued = dict(state["issued"])
+
+
+class ReuseFinished(Proposer):
     """Completes, from its MLflow record, every proposal the study already finished, so a resumed
     study never dispatches such a trial again. The records are read once, at the first
     proposal of this driver (a study has one driver at a time)."""
 
-    def __init__(self, inner: Searcher, tracking_uri: str, study: str, study_run_id: str):
-        super().__init__(metric=TUNE_METRIC, mode="min")
+    def __init__(self, inner: Proposer, tracking_uri: str, study: str, study_run_id: str):
         self.inner = inner
         self.tracking_uri, self.study, self.study_run_id = tracking_uri, study, study_run_id
         self.reused: list[str] = []
@@ -60,7 +97,7 @@ class ReuseFinished(StateSearcher):
                              for r in records if r.status in FINAL_STATES}
         return self._records
 
-    def suggest(self, trial_id: str):
+    def suggest(self, trial_id: str) -> dict | str | None:
         while True:
             config = self.inner.suggest(trial_id)
             if not isinstance(config, dict):
@@ -89,29 +126,29 @@ class ReuseFinished(StateSearcher):
 
 def inner_proposer(spec: StudySpec, template: DiTConfig, prior: Prior,
                    out: Callable[[str], None], extra_shapes: list[ModelShape] | tuple = ()
-                   ) -> tuple[Searcher, int | None]:
+                   ) -> tuple[Proposer, int | None]:
     """The grid or the allocator (its size ladder extended by `extra_shapes`, the sizes a study
     already trained), and the number of planned trials when it is known."""
     if spec.allocator.kind == "adaptive":
-        return AllocatorSearcher(spec, template, prior, out, extra_shapes), None
+        return AllocatorProposer(spec, template, prior, out, extra_shapes), None
     trials = grid_trials(spec, template, prior)
-    return GridSearcher([trial_config(spec, template, t) for t in trials]), len(trials)
+    return GridProposer([trial_config(spec, template, t) for t in trials]), len(trials)
 
 
-def with_lr_sweep(spec: StudySpec, template: DiTConfig, inner: Searcher, prior: Prior,
+def with_lr_sweep(spec: StudySpec, template: DiTConfig, inner: Proposer, prior: Prior,
                   on_rule: Callable[[LRRule, list[SweepPoint], str | None], None]
-                  ) -> tuple[Searcher, list[dict]]:
+                  ) -> tuple[Proposer, list[dict]]:
     """`inner` behind the spec's LR sweep (its sizes from the grid around the prior), or `inner`
     itself when the spec has none."""
     if spec.trainer.lr_sweep is None:
         return inner, []
     sweep = sweep_configs(spec, template, grid_trials(spec, template, prior))
-    return LRSweepSearcher(sweep, inner, spec_rule(spec), spec.metric, on_rule=on_rule), sweep
+    return LRSweepProposer(sweep, inner, spec_rule(spec), spec.metric, on_rule=on_rule), sweep
 
 
-def study_proposer(session, prior: Prior, inner: Searcher, planned: int | None
-                   ) -> tuple[Searcher, int | None]:
-    """The study's Tune searcher around `inner` (from `inner_proposer`): the LR sweep when the
+def study_proposer(session, prior: Prior, inner: Proposer, planned: int | None
+                   ) -> tuple[Proposer, int | None]:
+    """The study's proposer around `inner` (from `inner_proposer`): the LR sweep when the
     spec asks for one, outermost `ReuseFinished`; and the trials it plans (sweep included) when
     that is known. The LR rule it uses (the spec's, or the sweep's fit) is logged on the study
     run (a `search.study.session.StudySession`)."""
@@ -127,7 +164,7 @@ def study_proposer(session, prior: Prior, inner: Searcher, planned: int | None
         if error:
             tracking.set_tags(study_run_id, {"dit.lr_sweep_error": error})
 
-    searcher, sweep = with_lr_sweep(spec, template, inner, prior, log_rule)
+    proposer, sweep = with_lr_sweep(spec, template, inner, prior, log_rule)
     if sweep:
         widths = sorted({c["width"] for c in sweep})
         factors = len(set(spec.trainer.lr_sweep.factors))
@@ -137,4 +174,4 @@ def study_proposer(session, prior: Prior, inner: Searcher, planned: int | None
             study_run_id).data.params:  # logged once: MLflow refuses a param changed later
         tracking.log_params(study_run_id, rule_params(spec_rule(spec)))
     total = planned + len(sweep) if planned is not None else None
-    return ReuseFinished(searcher, tracking.uri, spec.name, study_run_id), total
+    return ReuseFinished(proposer, tracking.uri, spec.name, study_run_id), total
