@@ -40,6 +40,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         kind = "adaptive"
         prior = "paper"
         spacing = 3.0
+        max_trials_per_budget = 4  # 12 trials: 6 before the kill, the rest after
         [resources]
         max_concurrent_trials = 1
     """))

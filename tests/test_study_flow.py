@@ -100,6 +100,7 @@ def write_spec(path: Path, out: Path, time_scale: float) -> Path:
         kind = "adaptive"
         prior = "paper"
         spacing = 3.0
+        max_trials_per_budget = 4  # 12 trials: the interruptions need a few, not a whole study
         [resources]
         max_concurrent_trials = 1
     """))
