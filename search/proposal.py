@@ -10,29 +10,31 @@ to run).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 FINISHED = "FINISHED"  # the same string as Ray Tune's `Searcher.FINISHED`
 
 
-class Proposer:
+class Proposer(ABC):
     """Proposes a study's trials one at a time and hears how each ended. Its whole state is
     `get_state()` (plain data), so a restored study goes on exactly where it stopped."""
 
+    @abstractmethod
     def suggest(self, trial_id: str) -> dict | str | None:
         """The next trial to start under `trial_id`, None to wait, or FINISHED."""
-        raise NotImplementedError
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def on_trial_result(self, trial_id: str, result: dict) -> None:  # noqa: B027  (optional hooks)
         """An intermediate report of a running trial (most proposers ignore it)."""
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,  # noqa: B027
                           error: bool = False) -> None:
         """A trial ended: its last result, or `error` when it failed."""
 
+    @abstractmethod
     def get_state(self) -> dict:
         """Everything needed to go on: plain data that pickles."""
-        raise NotImplementedError
 
+    @abstractmethod
     def set_state(self, state: dict) -> None:
         """Continue from a `get_state()`."""
-        raise NotImplementedError
 
