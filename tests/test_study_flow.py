@@ -140,7 +140,7 @@ def study_run(tracking: Tracking):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_study_is_stopped_then_resumes_reusing_what_finished(tmp_path, sig):
-    spec = write_spec(tmp_path / "flow.toml", tmp_path / "out", time_scale=1e-3)
+    spec = write_spec(tmp_path / "flow.toml", tmp_path / "out", time_scale=3e-4)
     tracking = Tracking(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     log = tmp_path / "run.log"
     driver = start_driver(spec, tmp_path, log, "run")
