@@ -14,6 +14,13 @@ def tiny_data(tmp_path_factory) -> DatasetInfo:
 
 
 @pytest.fixture(scope="session")
+def centred_sizes() -> str:
+    """The `[model]` keys of a small real study on `tiny_data`: three sizes a factor 2 apart
+    around each budget's optimum, which on this data lies near D ~ 1.3 N tokens."""
+    return "sizes_per_budget = 3\ntokens_per_param = 1.33\nmin_params = 1e4"
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """A 2-layer random CLIPVisionModelWithProjection (32 px, 16-d embeddings) with its image
     processor config, saved to a directory and loaded the real way by `scaling.fid`."""

@@ -15,17 +15,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def study(tiny_data, tiny_clip, tmp_path_factory, run_study):
+def study(tiny_data, tiny_clip, tmp_path_factory, run_study, centred_sizes):
     out = tmp_path_factory.mktemp("e2e")
     _, code, uri = run_study(out, f"""
         name = "e2e"
         budgets = [2e10, 2e11]
         metric = "val_loss"
         [model]
-        # three sizes a factor 2 apart around each budget's optimum on this data (D ~ 1.3 N)
-        sizes_per_budget = 3
-        tokens_per_param = 1.33
-        min_params = 1e4
+        {centred_sizes}
         [data]
         source = "path"
         path = "{tiny_data.root}"

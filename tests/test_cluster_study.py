@@ -60,10 +60,9 @@ SIZES = "[2.5e4, 6.6e4, 1.2e5, 2.2e5]"
 NAN_TRIAL, NAN_STEP = "C2e10-d2w80h1", 40
 OUTAGE_TRIAL = "C4e10-d1w24h1"
 OUTAGE_S = 25.0  # new trials wait on the server meanwhile: long enough to buffer, no longer
-# The storage-full and driver-kill study needs no long trial: three sizes a factor 2 apart around
-# each budget's optimum on this data (D ~ 1.3 N), 6 trials at half the compute.
+# The storage-full and driver-kill study needs no long trial: the `centred_sizes` rule, 6 trials
+# at half the compute.
 RESUMED_BUDGETS = "[1e10, 2e10]"
-RESUMED_SIZES = "sizes_per_budget = 3\ntokens_per_param = 1.33\nmin_params = 1e4"
 
 
 @dataclass
@@ -122,7 +121,7 @@ def write_spec(path: Path, name: str, out: Path, data: Path, uri: str, budgets: 
         metric = "val_loss"
         output_dir = "{out}"
         [model]
-        {sizes.replace(chr(10), chr(10) + " " * 8)}
+        {sizes}
         [data]
         source = "path"
         path = "{data}"
@@ -524,10 +523,10 @@ class Resumed:
 
 
 @pytest.fixture(scope="module")
-def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty):
+def resumed(services, tiny_data, tmpfs, tmp_path_factory, faulty, centred_sizes):
     root = tmp_path_factory.mktemp("resumed")
     spec = write_spec(root / "resumed.toml", "resumed", root / "out", tiny_data.root,
-                      services.mlflow.url, RESUMED_BUDGETS, sizes=RESUMED_SIZES,
+                      services.mlflow.url, RESUMED_BUDGETS, sizes=centred_sizes,
                       extra=f"""
                           [storage]
                           path = "{tmpfs.as_uri()}"
