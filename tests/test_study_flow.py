@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from search.study.proposers import ReuseFinished, inner_proposer
 from search.study.session import DRIVER_TAG, prepare_session, start_run
 from search.tracking import STATUS, Tracking
 from search.trial_log import ATTEMPTS, known_trial_runs
+from tests.services import wait_progressing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,15 +114,18 @@ def start_driver(spec: Path, cwd: Path, log: Path, *args: str) -> subprocess.Pop
                             start_new_session=True)
 
 
-def wait_for(check, what: str, proc: subprocess.Popen, log: Path, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for(check, what: str, proc: subprocess.Popen, log: Path):
+    """Wait until `check()` is truthy while the driver runs; fail only if it exits or neither its
+    log nor the study's store (the folder beside the log) has grown for the idle limit."""
+    def checked():
         value = check()
-        if value:
-            return value
-        assert proc.poll() is None, f"{what}: the driver exited\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.5)
+        assert value or proc.poll() is None, f"{what}: the driver exited\n{log.read_text()[-3000:]}"
+        return value
+
+    def progress():
+        return sum(f.stat().st_size for f in log.parent.rglob("*") if f.is_file())
+
+    return wait_progressing(checked, progress, what)
 
 
 def finished_trials(tracking: Tracking, run_id: str) -> set[str]:
