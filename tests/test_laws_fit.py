@@ -103,6 +103,18 @@ def test_window_bias_is_caught_by_the_residuals():
     assert fit.approach3.ci["a"][0] <= truth <= fit.approach3.ci["a"][1]
 
 
+def test_a_wide_grid_is_not_told_its_misfit_is_noise():
+    # 5 sizes over 4.8 decades: the parabolas' residuals are mostly misfit, which the surface
+    # separates from the noise; the interval is about as wide as the error across seeds needs
+    # (from the residuals alone it was 26x wider here).
+    truth = SURFACES["asymmetric"].exponents().a
+    fits = [fit_laws(study("asymmetric", s, sizes=5, width=2.4, rel_sigma=0.005),
+                     FitOptions(draws=200, seed=s)) for s in range(8)]
+    rmse = math.sqrt(np.mean([(f.n_opt.exponent - truth) ** 2 for f in fits]))
+    half = np.median([(f.n_opt.exponent_ci[1] - f.n_opt.exponent_ci[0]) / 2 for f in fits])
+    assert half < 2.0 * 1.96 * rmse, (half, rmse)
+
+
 def test_intervals_shrink_when_points_are_added():
     def width(fit):
         return fit.n_opt.exponent_ci[1] - fit.n_opt.exponent_ci[0]

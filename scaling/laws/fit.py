@@ -24,9 +24,14 @@ repetitions; ratio = median half-width / (1.96 RMSE)):
   draws need no floor: their spread comes from the measured residuals, and a budget with 3 sizes
   borrows the noise the other budgets' parabolas measure.
 - Residuals, not an assumed seed noise: the noise level differs between studies by 4x and more
-  (0.5% to 2% in the calibration), and a parabola's misfit over a wide window shows up in its
-  residuals, so Approach 2's intervals widen where its vertices are biased (a warning compares
-  them with Approach 3's residuals, `_misfit`).
+  (0.5% to 2% in the calibration).
+- A parabola's misfit over a wide window shows up in its residuals. When they are significantly
+  larger than the surface's (`_misfit`, an F test), that excess is misfit, not noise: taken as
+  noise it made intervals up to 26x wider than the error across seeds, while every seed's vertex
+  was biased the same way, so they still missed the truth (coverage 0.30 on 9 sizes x4). Then
+  Approach 2 is drawn with the surface's noise, and half its draws take the vertex correction
+  the fitted surface implies (`_window_bias`): its intervals hold its own estimate and the
+  corrected one, and Approach 3 is only trusted as far as that.
 - Profile likelihood would serve one parameter at a time; the laws, the extrapolated N_opt and the
   A2 / A3 difference all need joint draws, which the bootstrap gives at the cost of one matrix
   product per chunk of draws (memory: a chunk of draws x runs at a time, never all of them).
@@ -95,6 +100,14 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
 
     noise = NoiseDraws(options.draws, params.size, options.seed)
     scale2 = sigma2 * noise.scale(dof2)
+    misfit = _misfit(sigma2, dof2, refit[2], refit[3]) if refit else []
+    bias = [None] * len(members)
+    if misfit:
+        # The parabolas' excess residuals are their misfit, not noise: draw Approach 2 with the
+        # surface's noise, and let its draws carry the window bias the surface shows.
+        scale2 = refit[2] * noise.scale(refit[3])
+        bias = _window_bias(refit[0], refit[1], params, tokens, members, options)
+        warnings.extend(misfit)
     coef = [np.empty((options.draws, 3)) for _ in members]
     thetas = np.empty((options.draws, 5)) if refit else None
     if refit:
@@ -110,14 +123,13 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
     kept: list[tuple[BudgetFit, BudgetDraws]] = []
     for i, (budget, m) in enumerate(zip(budgets, members, strict=True)):
         fit, bd = fit_budget_draws(budget, params[m], tokens[m], losses[m], fids[m], coef[i],
-                                   fid_coef[i])
+                                   fid_coef[i], bias=bias[i])
         fits.append(fit)
         if bd is not None:
             kept.append((fit, bd))
     warnings = [f.message for f in fits if f.message] + warnings
     if refit:
         approach3 = summarise(refit[0], refit[1], thetas, int(params.size))
-        warnings.extend(_misfit(sigma2, dof2, refit[2], refit[3]))
         warnings.extend(f"Approach 3: {note}" for note in approach3.notes)
         warnings.extend(f"Approach 3 (Huber): {note}" for note in huber.notes)
     if len(kept) < 2:
@@ -246,8 +258,43 @@ def _misfit(sigma2: float, dof2: float, sigma3: float, dof3: float) -> list[str]
         return []
     return [f"the isoFLOP parabolas leave residuals of {sigma2:.2%} relative sd where Approach 3's "
             f"surface leaves {sigma3:.2%}: over these windows the curves are not parabolas, so "
-            f"Approach 2's vertices are biased and its intervals wide ({BIAS_NOTE}); narrow the "
+            f"Approach 2's vertices are biased ({BIAS_NOTE}); its intervals take the surface's "
+            "noise and hold the vertices the surface implies as well as its own; narrow the "
             "grids or trust Approach 3"]
+
+
+def _window_bias(problem: _Problem, theta: np.ndarray, params: np.ndarray, tokens: np.ndarray,
+                 members: Sequence[np.ndarray], options: FitOptions,
+                 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per budget, per-draw shifts of log10 N_opt and log10 loss_opt: u_k x (the parabola's vertex
+    on the fitted surface's own losses at the budget's runs - the surface's minimum along the
+    budget's curve), u_k 0 or 1 with equal odds, shared by all budgets in draw k.
+
+    The surface says how far the parabola's vertex sits from the curve's minimum over this window,
+    but the surface may be wrong: half the draws take the correction and half do not, so Approach
+    2's intervals hold its own estimate and the corrected one, each with its noise (a uniform
+    share of the correction left the corrected end without its noise: coverage 0.35 on 4-decade
+    grids). None for a budget whose surface parabola or minimum is not inside its sizes."""
+    nat = problem.natural(theta[None, :])[0]
+    e, a, b, alpha, beta = (float(v) for v in nat)
+    u = np.random.default_rng([options.seed, 3]).integers(0, 2, options.draws).astype(float)
+    out: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for m in members:
+        x = np.log10(params[m])
+        xc = x - x.mean()
+        surface = e + a / params[m] ** alpha + b / tokens[m] ** beta
+        c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, surface, 2)
+        slope, intercept = np.polyfit(x, np.log10(tokens[m]), 1)
+        grid = np.linspace(x.min(), x.max(), 2001)
+        curve = e + a / 10 ** (alpha * grid) + b / 10 ** (beta * (intercept + slope * grid))
+        k = int(np.argmin(curve))
+        if c2 <= 0 or not xc.min() <= -c1 / (2 * c2) <= xc.max() or k in (0, grid.size - 1):
+            out.append(None)
+            continue
+        vertex = -c1 / (2 * c2) + x.mean()
+        loss = c0 - c1**2 / (4 * c2)
+        out.append((u * (vertex - grid[k]), u * math.log10(loss / curve[k])))
+    return out
 
 
 def paired_differences(n_law: PowerLaw, d_law: PowerLaw,

@@ -161,12 +161,15 @@ def fit_budget_draws(
     widen: bool = False,
     floor_spacing: float = 0.0,
     rng: np.random.Generator | None = None,
+    bias: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[BudgetFit, BudgetDraws | None]:
     """One budget's optimum from bootstrap draws of its parabola's coefficients.
 
     coef: [draws, 3] coefficients (c0, c1, c2) in x - mean(x), x = log10 N (see `vandermonde`);
     fid_coef: the same for log10 FID, or None. widen: scale the draws by the HC1 factor (pairs
-    resampling); floor_spacing: see `fit_budget`. Returns no draws when refused.
+    resampling); floor_spacing: see `fit_budget`; bias: per-draw shifts [draws] subtracted from
+    the draws of log10 N_opt and log10 loss_opt (a window bias the draws must carry). Returns no
+    draws when refused.
     """
     x = np.log10(params)
     xbar = x.mean()
@@ -219,6 +222,8 @@ def fit_budget_draws(
         if sd < floor:
             jitter = rng or np.random.default_rng(0)
             log_n = log_n + jitter.normal(0.0, math.sqrt(floor**2 - sd**2), log_n.shape)
+    if bias is not None:
+        log_n, log_loss = log_n - bias[0], log_loss - bias[1]
 
     slope, intercept = np.polyfit(x, np.log10(tokens), 1)
     log_d = intercept + slope * log_n
