@@ -275,18 +275,21 @@ def _window_bias(problem: _Problem, theta: np.ndarray, params: np.ndarray, token
     2's intervals hold its own estimate and the corrected one, each with its noise (a uniform
     share of the correction left the corrected end without its noise: coverage 0.35 on 4-decade
     grids). None for a budget whose surface parabola or minimum is not inside its sizes."""
-    nat = problem.natural(theta[None, :])[0]
-    e, a, b, alpha, beta = (float(v) for v in nat)
+    e, a, b, alpha, beta = (float(v) for v in problem.natural(theta[None, :])[0])
+
+    def surface(log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
+        return e + a / 10 ** (alpha * log_n) + b / 10 ** (beta * log_d)
+
     u = np.random.default_rng([options.seed, 3]).integers(0, 2, options.draws).astype(float)
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for m in members:
         x = np.log10(params[m])
         xc = x - x.mean()
-        surface = e + a / params[m] ** alpha + b / tokens[m] ** beta
-        c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, surface, 2)
-        slope, intercept = np.polyfit(x, np.log10(tokens[m]), 1)
+        log_d = np.log10(tokens[m])
+        c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, surface(x, log_d), 2)
+        slope, intercept = np.polyfit(x, log_d, 1)
         grid = np.linspace(x.min(), x.max(), 2001)
-        curve = e + a / 10 ** (alpha * grid) + b / 10 ** (beta * (intercept + slope * grid))
+        curve = surface(grid, intercept + slope * grid)
         k = int(np.argmin(curve))
         if c2 <= 0 or not xc.min() <= -c1 / (2 * c2) <= xc.max() or k in (0, grid.size - 1):
             out.append(None)
