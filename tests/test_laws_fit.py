@@ -115,6 +115,18 @@ def test_a_wide_grid_is_not_told_its_misfit_is_noise():
     assert half < 2.0 * 1.96 * rmse, (half, rmse)
 
 
+def test_few_sizes_a_budget_borrow_the_surfaces_noise_estimate():
+    # 4 sizes a budget leave each parabola 1 residual dof; the surface has 19 for the same noise.
+    # From the parabolas' 6 dof alone the interval was 1.6x wider than the error needs.
+    truth = SURFACES["asymmetric"].exponents().a
+    fits = [fit_laws(study("asymmetric", s, sizes=4, width=0.5), FitOptions(draws=200, seed=s))
+            for s in range(12)]
+    rmse = math.sqrt(np.mean([(f.n_opt.exponent - truth) ** 2 for f in fits]))
+    half = np.median([(f.n_opt.exponent_ci[1] - f.n_opt.exponent_ci[0]) / 2 for f in fits])
+    covered = sum(f.n_opt.exponent_ci[0] <= truth <= f.n_opt.exponent_ci[1] for f in fits)
+    assert half < 1.35 * 1.96 * rmse and covered >= 10, (half, rmse, covered)
+
+
 def test_intervals_shrink_when_points_are_added():
     def width(fit):
         return fit.n_opt.exponent_ci[1] - fit.n_opt.exponent_ci[0]
