@@ -110,3 +110,21 @@ def test_saturating_law_with_no_floor_is_flagged():
     law = fit_saturating(C, loss, draws, np.full(6, 1.0))
     assert "E" in law.at_bound and law.ci["E"] is None
     assert law.ci["alpha"] is not None
+
+
+def test_one_tight_budget_does_not_widen_an_honest_unweighted_law():
+    # Optima that scatter exactly as their draws say, one of them 25x tighter than the rest: a
+    # true power law, so about 5% of fits widen (a chi-square in units of each sd, applied to the
+    # unweighted line, widened 49%), and the interval is as wide as the error across repetitions.
+    sd = np.array([0.05, 0.05, 0.002, 0.05, 0.05, 0.05])
+    truth = np.log10(C**0.5)
+    rng = np.random.default_rng(3)
+    laws = [fit_power_law(C, y, draws_around(y, sd, n=400, seed=s))
+            for s, y in enumerate(truth + sd * rng.standard_normal((200, 6)))]
+    slopes = np.array([law.exponent for law in laws])
+    rmse = float(np.sqrt(np.mean((slopes - 0.5) ** 2)))
+    half = float(np.median([(law.exponent_ci[1] - law.exponent_ci[0]) / 2 for law in laws]))
+    covered = np.mean([law.exponent_ci[0] <= 0.5 <= law.exponent_ci[1] for law in laws])
+    widened = np.mean([law.scatter > 1 for law in laws])
+    assert widened <= 0.12 and 0.9 <= covered <= 0.99 and half < 1.3 * 1.96 * rmse, (
+        widened, covered, half, rmse)

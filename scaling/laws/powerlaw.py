@@ -8,10 +8,12 @@ Intervals propagate the per-budget uncertainty: bootstrap draw j refits the line
 draw j, so the 95% percentile intervals of (k, e) reflect how far each optimum could move.
 
 Residuals still count: with 3 or more budgets, when the optima scatter about the line more than
-their own intervals allow (chi-square of the residuals in units of each optimum's sd, per degree
-of freedom, significantly above 1 at the 95% level: under a true power law 5% of fits widen), the
-draws are widened about the estimate by sqrt(chi2 / dof), the Birge ratio that the Particle Data
-Group uses as its scale factor. Widening whenever the ratio exceeds 1 would widen half of all
+their own intervals allow, significantly at the 95% level (under a true power law 5% of fits
+widen), the draws are widened about the estimate by that excess, measured in the fit's own metric:
+for the weighted line, chi-square of the residuals in units of each optimum's sd per degree of
+freedom and its root, the Birge ratio that the Particle Data Group uses as its scale factor; for
+the unweighted line, its residual sum of squares against those of the lines through the draws'
+deviations (`_scatter`). Widening whenever the ratio exceeds 1 would widen half of all
 fits of a true law, by a noisy factor (4 degrees of freedom on six budgets), and over-cover.
 A law on 2 budgets passes through both exactly and cannot check this.
 
@@ -112,16 +114,12 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
     if not spreads(log_draws[finite]).all():  # a budget's uncertainty unknown: the law's too
         return PowerLaw(coefficient=float(10**b0), exponent=float(b1), budgets=int(compute.size))
     scatter = excess = 1.0
-    if compute.size > 2:
-        dof = compute.size - 2
-        chi2 = float((weights_from_sd(sd) * (log_y - b0 - b1 * x) ** 2).sum())
-        ratio = math.sqrt(chi2 / dof)
-        # Reported even when not applied, so the fit can warn about it.
-        from scipy.special import chdtri  # loaded only when fitting
-
-        scatter = ratio if widen and chi2 > chdtri(dof, 1 - SCATTER_LEVEL) else 1.0
-        excess = max(1.0, ratio)
     d0, d1 = _wls_line(x, log_draws, w)
+    if compute.size > 2:
+        ratio, significant = _scatter(x, log_y - b0 - b1 * x, log_draws[finite], w, weighted)
+        # Reported even when not applied, so the fit can warn about it.
+        scatter = ratio if widen and significant else 1.0
+        excess = max(1.0, ratio)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
     draws = _round(np.stack([10**d0, d1], 1))
     ci = interval(draws)
@@ -135,6 +133,30 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
         scatter=scatter,
         excess=excess,
     )
+
+
+def _scatter(x: np.ndarray, residuals: np.ndarray, log_draws: np.ndarray, w: np.ndarray,
+             weighted: bool) -> tuple[float, bool]:
+    """(ratio, significant): how much more the optima scatter about their line than their draws
+    allow, measured in the fit's own metric. Weighted: the Birge ratio sqrt(chi2 / dof) against
+    chi-square. Unweighted: sqrt(RSS / mean RSS of the line through the draws' deviations), and
+    significant when RSS exceeds the SCATTER_LEVEL quantile of those; a chi-square weighted by
+    1 / sd^2 would let one tight budget set the factor applied to draws that the loose budgets
+    spread (10x on the demo's five budgets, where the residual sums of squares say 1.6x)."""
+    if weighted:
+        from scipy.special import chdtri  # loaded only when fitting
+
+        dof = x.size - 2
+        chi2 = float((w * residuals**2).sum())
+        return math.sqrt(chi2 / dof), chi2 > chdtri(dof, 1 - SCATTER_LEVEL)
+    rss = float((residuals**2).sum())
+    deviations = log_draws - log_draws.mean(0)
+    n0, n1 = _wls_line(x, deviations, w)
+    null = ((deviations - n0[:, None] - n1[:, None] * x) ** 2).sum(1)
+    expected = float(null.mean())
+    if expected <= 0:
+        return 1.0, False
+    return math.sqrt(rss / expected), rss > float(np.quantile(null, SCATTER_LEVEL))
 
 
 @dataclass(frozen=True)
