@@ -105,20 +105,19 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
 
     noise = NoiseDraws(options.draws, params.size, options.seed)
     scale2 = sigma2 * noise.scale(dof2)
+    scale3 = refit[2] * noise.scale(refit[3]) if refit else None
     misfit = _misfit(sigma2, dof2, refit[2], refit[3]) if refit else []
     bias = [None] * len(members)
     if misfit:
         # The parabolas' excess residuals are their misfit, not noise: draw Approach 2 with the
         # surface's noise, and let its draws carry the window bias the surface shows.
-        scale2 = refit[2] * noise.scale(refit[3])
+        scale2 = scale3
         bias = _window_bias(refit[0], refit[1], params, tokens, members, options)
         warnings.extend(misfit)
     elif refit and _surface_noise_is_better(sigma2, dof2, refit[2], refit[3]):
-        scale2 = refit[2] * noise.scale(refit[3])
+        scale2 = scale3
     coef = [np.empty((options.draws, 3)) for _ in members]
     thetas = np.empty((options.draws, 5)) if refit else None
-    if refit:
-        scale3 = refit[2] * noise.scale(refit[3])
     for where, z in noise.chunks():
         for m, parabola, out in zip(members, parabolas, coef, strict=True):
             out[where] = parabola.draws(z[:, m] * scale2[where, None])
@@ -257,11 +256,7 @@ def _misfit(sigma2: float, dof2: float, sigma3: float, dof3: float) -> list[str]
     """A warning when the parabolas leave significantly larger residuals than the surface L(N, D)
     (F test at 99%): the isoFLOP curves are not parabolas over the sampled window, whose misfit
     Approach 2's intervals then carry as noise."""
-    if not (math.isfinite(dof2) and math.isfinite(dof3) and sigma3 > 0 and dof2 and dof3):
-        return []
-    from scipy.special import fdtri  # the F quantile, without importing scipy.stats
-
-    if sigma2**2 / sigma3**2 <= fdtri(dof2, dof3, 0.99):
+    if not (sigma3 > 0 and _significantly_larger(sigma2, dof2, sigma3, dof3)):
         return []
     return [f"the isoFLOP parabolas leave residuals of {sigma2:.2%} relative sd where Approach 3's "
             f"surface leaves {sigma3:.2%}: over these windows the curves are not parabolas, so "
@@ -270,16 +265,23 @@ def _misfit(sigma2: float, dof2: float, sigma3: float, dof3: float) -> list[str]
             "grids or trust Approach 3"]
 
 
-def _surface_noise_is_better(sigma2: float, dof2: float, sigma3: float, dof3: float) -> bool:
-    """True when the surface's residual sd estimates the same noise as the parabolas' with at
-    least twice their degrees of freedom: it is not significantly larger (F test at 99%), and the
-    parabolas have few dof (4 sizes a budget leave 1 each, whose chi-square spread alone made
-    intervals 1.5-3x wider than the error across seeds)."""
-    if not (math.isfinite(dof2) and math.isfinite(dof3) and sigma3 > 0 and dof3 >= 2 * dof2 > 0):
+def _significantly_larger(sigma_a: float, dof_a: float, sigma_b: float, dof_b: float) -> bool:
+    """Is residual sd `sigma_a` (dof_a degrees of freedom) significantly larger than `sigma_b`
+    (dof_b)? An F test at 99%; False where either is known (infinite dof) or has no dof."""
+    if not (math.isfinite(dof_a) and math.isfinite(dof_b) and dof_a > 0 and dof_b > 0):
         return False
     from scipy.special import fdtri  # the F quantile, without importing scipy.stats
 
-    return sigma3**2 / sigma2**2 <= fdtri(dof3, dof2, 0.99)
+    return sigma_a**2 > fdtri(dof_a, dof_b, 0.99) * sigma_b**2
+
+
+def _surface_noise_is_better(sigma2: float, dof2: float, sigma3: float, dof3: float) -> bool:
+    """True when the surface's residual sd estimates the same noise as the parabolas' with at
+    least twice their degrees of freedom: it is not significantly larger, and the parabolas have
+    few dof (4 sizes a budget leave 1 each, whose chi-square spread alone made intervals 1.5-3x
+    wider than the error across seeds)."""
+    return (math.isfinite(dof3) and sigma3 > 0 and dof3 >= 2 * dof2 > 0
+            and not _significantly_larger(sigma3, dof3, sigma2, dof2))
 
 
 def _window_bias(problem: _Problem, theta: np.ndarray, params: np.ndarray, tokens: np.ndarray,

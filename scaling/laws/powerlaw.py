@@ -114,12 +114,12 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
     if not spreads(log_draws[finite]).all():  # a budget's uncertainty unknown: the law's too
         return PowerLaw(coefficient=float(10**b0), exponent=float(b1), budgets=int(compute.size))
     scatter = excess = 1.0
-    d0, d1 = _wls_line(x, log_draws, w)
     if compute.size > 2:
         ratio, significant = _scatter(x, log_y - b0 - b1 * x, log_draws[finite], w, weighted)
         # Reported even when not applied, so the fit can warn about it.
         scatter = ratio if widen and significant else 1.0
         excess = max(1.0, ratio)
+    d0, d1 = _wls_line(x, log_draws, w)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
     draws = _round(np.stack([10**d0, d1], 1))
     ci = interval(draws)
@@ -142,7 +142,8 @@ def _scatter(x: np.ndarray, residuals: np.ndarray, log_draws: np.ndarray, w: np.
     chi-square. Unweighted: sqrt(RSS / mean RSS of the line through the draws' deviations), and
     significant when RSS exceeds the SCATTER_LEVEL quantile of those; a chi-square weighted by
     1 / sd^2 would let one tight budget set the factor applied to draws that the loose budgets
-    spread (10x on the demo's five budgets, where the residual sums of squares say 1.6x)."""
+    spread (10x on a five-budget study of the built-in data, where the residual sums of squares
+    say 2x)."""
     if weighted:
         from scipy.special import chdtri  # loaded only when fitting
 
