@@ -23,10 +23,9 @@ import shlex
 import shutil
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomllib
 
 from search.credentials import (
     HOWTO,

@@ -8,10 +8,10 @@ throughout. `search.preflight` adds the checks that read the file system (a prep
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 from pydantic import (
     Field,
     ValidationError,

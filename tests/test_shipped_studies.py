@@ -5,11 +5,11 @@ local Ray with a short budget list."""
 
 import math
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 import ray
-import tomllib
 
 from search.allocator import resolve_prior
 from search.cli import main
