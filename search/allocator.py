@@ -133,13 +133,17 @@ class Allocator:
 
     # -- refine: seed a finished study and reopen chosen budgets -------------------------------
     def seed(self, results: list[tuple[float, int, float | None]]) -> None:
-        """Known results (budget FLOPs, catalogue index, loss or None) of an earlier run."""
+        """Known results (budget FLOPs, catalogue index, loss or None) of an earlier run; a size
+        trained with several seeds (model.seeds_per_size) is one point at their mean loss."""
+        losses: dict[str, list[float]] = {}
         for budget, index, loss in results:
             b = self.budgets[float(budget)]
             key = self._key(budget, index)
-            ok = loss is not None and math.isfinite(loss)
+            if loss is not None and math.isfinite(loss):
+                losses.setdefault(key, []).append(float(loss))
+            mean = sum(losses[key]) / len(losses[key]) if key in losses else None
             b.points[key] = Point(key, index, int(self.catalogue.params[index]),
-                                  "finished" if ok else "failed", loss if ok else None)
+                                  "finished" if mean is not None else "failed", mean)
             b.status = "done"
             b.centre = b.centre or float(self.catalogue.log_n[index])
         self._fits.clear()

@@ -61,7 +61,8 @@ class SizeCatalogue:
 
     def __init__(self, spec: StudySpec, template: DiTConfig, extra_shapes=()):
         self.spec, self.template = spec, template
-        shapes = ladder(template, spec.model.min_params, spec.model.max_params)
+        shapes = ladder(template, spec.model.min_params, spec.model.max_params,
+                        spec.model.depth)
         shapes += [s for s in dict.fromkeys(extra_shapes) if s not in shapes]
         shapes.sort(key=self._count)
         self.shapes = shapes

@@ -32,21 +32,31 @@ class TrialSpec:
     budget: float  # FLOPs in the study's convention
     shape: ModelShape
     params: int  # N, total DiT parameters
+    repeat: int = 0  # which of model.seeds_per_size: trains with the study's seed + repeat
 
     @property
     def key(self) -> str:
         s = self.shape
-        return f"C{self.budget:.4g}-d{s.depth}w{s.width}h{s.heads}".replace("+", "")
+        key = f"C{self.budget:.4g}-d{s.depth}w{s.width}h{s.heads}".replace("+", "")
+        return f"{key}-r{self.repeat}" if self.repeat else key
+
+    def seed(self, study_seed: int) -> int:
+        """The training seed: the study's, plus which of model.seeds_per_size this trial is."""
+        return study_seed + self.repeat
 
     def config(self) -> dict:
         s = self.shape
-        return {"trial_key": self.key, "budget": self.budget, "depth": s.depth, "width": s.width,
-                "heads": s.heads, "params": self.params}
+        config = {"trial_key": self.key, "budget": self.budget, "depth": s.depth,
+                  "width": s.width, "heads": s.heads, "params": self.params}
+        if self.repeat:
+            config["repeat"] = self.repeat
+        return config
 
     @staticmethod
     def from_config(config: dict) -> TrialSpec:
         shape = ModelShape(int(config["depth"]), int(config["width"]), int(config["heads"]))
-        return TrialSpec(float(config["budget"]), shape, int(config["params"]))
+        return TrialSpec(float(config["budget"]), shape, int(config["params"]),
+                         int(config.get("repeat", 0)))
 
 
 def heuristic_params(budget: float, tokens_per_param: float) -> float:
@@ -85,7 +95,7 @@ def budget_trials(spec: StudySpec, template: DiTConfig, budget: float,
     targets = [min(max(t, m.min_params), m.max_params) for t in targets]
     seen: dict[ModelShape, TrialSpec] = {}
     for target in targets:
-        shape, n = nearest(target, template)
+        shape, n = nearest(target, template, m.depth)
         seen.setdefault(shape, TrialSpec(budget, shape, n))
     return sorted(seen.values(), key=lambda t: t.params)
 
@@ -104,7 +114,8 @@ def fixed_grid(spec: StudySpec, template: DiTConfig,
                             f"sizes with at least {MIN_STEPS} steps at batch "
                             f"{spec.trainer.batch_size}; an isoFLOP parabola needs 3 or more "
                             "(raise the budget, lower the batch size or the sizes)")
-        trials.extend(usable)
+        trials.extend(replace(t, repeat=r) for t in usable
+                      for r in range(spec.model.seeds_per_size))
     if problems:
         raise GridError("\n  ".join(["the study grid is unusable:", *problems]))
     return trials

@@ -51,7 +51,7 @@ def sweep_configs(spec: StudySpec, template: DiTConfig, grid: list[TrialSpec]) -
         targets = [sizes[0], math.sqrt(sizes[0] * sizes[-1]), sizes[-1]]
     shapes = {}
     for target in targets:
-        shape, n = nearest(target, template)
+        shape, n = nearest(target, template, spec.model.depth)
         shapes.setdefault(shape, n)
     rule = spec_rule(spec)
     configs, short = [], []

@@ -72,12 +72,14 @@ class StudyProgress(Callback):
             f"{self.metric} {r.get(self.metric, float('nan')):.4f}")
         startup = self.first_step.get(trial.trial_id)
         startup_txt = f", first step after {startup:.0f} s" if startup is not None else ""
-        sweep = f"  LR sweep lr={c['lr']:.3g}" if c.get("phase") == "lr_sweep" else ""
+        tag = f"  LR sweep lr={c['lr']:.3g}" if c.get("phase") == "lr_sweep" else ""
+        if c.get("repeat"):
+            tag += f"  seed #{c['repeat'] + 1}"
         mfu = f"  MFU {r['mfu']:.0%}" if r.get("mfu") else ""
         if r.get("reused"):
             startup_txt, mfu = ", finished before (reused)", ""
         self.out(f"{self._count()} C={c['budget']:.3g} FLOPs  N={human(c['params'])} "
-                 f"(d{c['depth']} w{c['width']} h{c['heads']}){sweep}  {status}  "
+                 f"(d{c['depth']} w{c['width']} h{c['heads']}){tag}  {status}  "
                  f"steps {int(r.get('step', 0))}{mfu}  {elapsed:.0f} s{startup_txt}")
 
     def on_trial_error(self, iteration, trials, trial, **info):

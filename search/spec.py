@@ -72,6 +72,10 @@ class StudySpec(_Frozen):
             if size % patch:
                 raise ValueError(f"data.image_size {size} is not divisible by model.patch_size "
                                  f"{patch}: the image must split into whole patches")
+        if self.model.seeds_per_size > 1 and self.allocator.kind != "fixed":
+            raise ValueError("model.seeds_per_size applies to the fixed grid; the adaptive "
+                             "allocator trains each size once and places its next size by "
+                             "what the fit needs")
         if self.metric == "val_loss" and self.trainer.val_samples == 0:
             raise ValueError("metric = 'val_loss' needs trainer.val_samples > 0")
         simulated = self.trainer.kind == "simulated"

@@ -95,6 +95,11 @@ class ModelSpec(_Frozen):
     tokens_per_param: float = Field(20.0, gt=0)  # heuristic centre D = r N, so N = sqrt(C / 6r)
     min_params: Params = 3e4
     max_params: Params = 2e9
+    # blocks of every size; None: the ladder's rule, depth ~ cbrt(N / 49K), so width ~ 64 x depth
+    depth: int | None = Field(None, ge=1)
+    # trials per (budget, size) of the fixed grid, with training seeds seed, seed + 1, ...: each is
+    # a point of its isoFLOP curve, so the fits average over the seed-to-seed spread
+    seeds_per_size: int = Field(1, ge=1, le=16)
 
     @model_validator(mode="after")
     def _range(self) -> ModelSpec:

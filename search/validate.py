@@ -76,7 +76,8 @@ def plan_validation(session: StudySession, budget: float, sizes: int) -> Validat
         raise SpecError(f"study {spec.name!r}: its N_opt law gives no size at {budget:g} FLOPs")
     trials, seen = [], set()
     for factor in SIZE_FACTORS[sizes]:
-        shape, n = nearest(prediction.n_opt.value * factor, session.template)
+        shape, n = nearest(prediction.n_opt.value * factor, session.template,
+                           spec.model.depth)
         if shape not in seen:
             seen.add(shape)
             trials.append(TrialSpec(budget, shape, n))

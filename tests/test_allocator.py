@@ -291,6 +291,17 @@ def test_refine_reuses_finished_trials_and_lifts_the_cap_of_chosen_budgets(catal
     assert again.budgets[1e17].status == "done" and len(again.budgets[1e17].points) == 4
 
 
+def test_refine_takes_a_size_trained_with_several_seeds_as_one_point_at_their_mean(catalogue):
+    a = Allocator(make_spec(), catalogue, PRIOR)
+    a.seed([(1e17, 5, 1.0), (1e17, 5, 1.2), (1e17, 6, None), (1e17, 7, float("nan")),
+            (1e17, 7, 0.9)])
+    points = {p.index: p for p in a.budgets[1e17].points.values()}
+    assert set(points) == {5, 6, 7}
+    assert points[5].state == "finished" and points[5].loss == pytest.approx(1.1)
+    assert points[6].state == "failed" and points[6].loss is None
+    assert points[7].state == "finished" and points[7].loss == 0.9
+
+
 def test_failed_trials_are_not_retried_but_replaced(catalogue):
     a = allocator(catalogue)
     first = [a.suggest() for _ in range(3)]

@@ -12,7 +12,8 @@ from search.grid import (
     heuristic_params,
 )
 from search.proposal import FINISHED
-from search.spec import parse_spec
+from search.spec import SpecError, parse_spec
+from search.trial import StudyContext, train_config
 
 TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_len=14)
 
@@ -42,6 +43,16 @@ def test_sizes_are_spaced_around_the_heuristic_and_distinct():
     assert len({t.shape for t in trials}) == len(trials)
 
 
+def test_a_fixed_depth_varies_width_only():
+    free = budget_trials(spec(model__sizes_per_budget=5, model__tokens_per_param=1.0),
+                         TEMPLATE, 1e12)
+    assert len({t.shape.depth for t in free}) > 1  # the default rule deepens with N here
+    fixed = budget_trials(spec(model__sizes_per_budget=5, model__tokens_per_param=1.0,
+                               model__depth=2), TEMPLATE, 1e12)
+    assert {t.shape.depth for t in fixed} == {2} and len(fixed) == 5
+    assert [t.shape.width for t in fixed] == sorted(t.shape.width for t in fixed)
+
+
 def test_explicit_sizes_round_to_the_ladder_and_deduplicate():
     s = spec(model__sizes=[5e4, 5.1e4, 2e5])
     trials = budget_trials(s, TEMPLATE, 1e12)
@@ -58,6 +69,28 @@ def test_trial_config_round_trip():
     t = budget_trials(spec(), TEMPLATE, 1e12)[0]
     assert TrialSpec.from_config(t.config()) == t
     assert t.key.startswith("C1e12-d")
+
+
+def test_seeds_per_size_trains_each_size_with_consecutive_seeds():
+    once = fixed_grid(spec(), TEMPLATE)
+    s = spec(model__seeds_per_size=2, seed=7)
+    twice = fixed_grid(s, TEMPLATE)
+    assert len(twice) == 2 * len(once)
+    assert [(t.budget, t.params) for t in twice[::2]] == [(t.budget, t.params) for t in once]
+    assert [t.repeat for t in twice] == [0, 1] * len(once)
+    assert len({t.key for t in twice}) == len(twice)  # distinct trials, distinct records
+    assert twice[0].key == once[0].key and twice[1].key == once[0].key + "-r1"
+    assert TrialSpec.from_config(twice[1].config()) == twice[1]
+    ctx = StudyContext(study="g", study_run_id="0" * 32, tracking_uri="sqlite:///x.db",
+                       storage_path="/tmp/x", spec=s.model_dump(mode="json"), template=TEMPLATE,
+                       train_urls=("a.tar",), val_urls=("b.tar",))
+    seeds = [(train_config(ctx, t)[0].seed, train_config(ctx, t)[1]["seed"]) for t in twice[:2]]
+    assert seeds == [(7, "7"), (8, "8")]
+
+
+def test_seeds_per_size_is_for_the_fixed_grid():
+    with pytest.raises(SpecError, match="model.seeds_per_size applies to the fixed grid"):
+        spec(model__seeds_per_size=2, allocator__kind="adaptive")
 
 
 def test_proposer_serves_in_order_then_finishes():

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from scaling.ladder import heads_for, ladder, nearest, shape_for
+from scaling.ladder import allowed, heads_for, ladder, nearest, shape_for
 from scaling.model import DiTConfig, ModelShape, parameter_count
 
 TEMPLATE = DiTConfig(ModelShape(1, 16, 1), text_len=14)
@@ -41,6 +41,27 @@ def test_deterministic_and_accepts_numpy_numbers():
 def test_heads_are_about_64_wide_at_scale():
     shape, _ = nearest(1e9, TEMPLATE)
     assert 48 <= shape.width // shape.heads <= 96 and shape.depth >= 20
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_a_fixed_depth_keeps_the_depth_and_takes_the_nearest_allowed_width(depth):
+    def count(width):
+        return parameter_count(replace(TEMPLATE, shape=ModelShape(depth, width,
+                                                                  heads_for(width)))).total
+
+    widths = [w for w in range(16, 2000, 8) if allowed(w)]
+    for target in (3e4, 2e5, 3e6):
+        shape, n = nearest(target, TEMPLATE, depth)
+        assert shape.depth == depth and n == count(shape.width)
+        assert shape.width == min(widths, key=lambda w: abs(np.log(count(w) / target)))
+    shapes = ladder(TEMPLATE, 2e4, 2e7, depth)
+    assert {s.depth for s in shapes} == {depth}
+    assert [s.width for s in shapes] == sorted(s.width for s in shapes)
+
+
+def test_a_bad_depth_is_named():
+    with pytest.raises(ValueError, match="depth=0 is not a positive number of blocks"):
+        nearest(1e5, TEMPLATE, 0)
 
 
 @pytest.mark.parametrize("bad", [0, -3, float("nan"), float("inf")])

@@ -166,6 +166,7 @@ def test_demo_fid_spec_is_the_demo_plus_fid():
         ({"resources": {"fsdp_min_params": 0}},
          "resources.fsdp_min_params: 0 is not a positive number of parameters"),
         ({"trainer": {"lr_rule": {"ref_width": 0}}}, "trainer.lr_rule.ref_width: 0 is not allowed"),
+        ({"model": {"depth": 0}}, "model.depth: 0 is not allowed"),
     ],
 )
 def test_training_fields_are_checked(extra, expected):

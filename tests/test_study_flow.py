@@ -48,9 +48,9 @@ def drive(proposer: Proposer, ctx: SimContext, metric: str, limit: int = 200
     raise AssertionError("the proposer never finished")
 
 
-@pytest.mark.parametrize("kind", ["fixed", "adaptive"])
-def test_run_resume_and_plan_propose_the_same_trials(tmp_path, kind):
-    spec = parse_spec(sim_spec(tmp_path, kind))
+@pytest.mark.parametrize("kind, seeds", [("fixed", 1), ("adaptive", 1), ("fixed", 2)])
+def test_run_resume_and_plan_propose_the_same_trials(tmp_path, kind, seeds):
+    spec = parse_spec({**sim_spec(tmp_path, kind), "model": {"seeds_per_size": seeds}})
     template, prior = simulated_template(spec), resolve_prior(spec)
     ctx = SimContext.from_spec(spec)
     planned = [t.key for t in simulate_study(spec, template, prior, kind, SURFACES["paper"],
@@ -61,6 +61,11 @@ def test_run_resume_and_plan_propose_the_same_trials(tmp_path, kind):
     ran = drive(ReuseFinished(inner, session.tracking.uri, spec.name, session.study_run_id),
                 ctx, spec.metric)
     assert [key for key, _ in ran] == planned and len(planned) >= 9
+    if seeds > 1:  # each size twice, as distinct trials with their own noise
+        first = {key: loss for key, loss in ran if "-r" not in key}
+        again = {key[:-3]: loss for key, loss in ran if key.endswith("-r1")}
+        assert again.keys() == first.keys() and len(ran) == 2 * len(first)
+        assert all(again[key] != first[key] for key in first)
 
     # The driver dies after k trials finished (in MLflow); `resume` rebuilds the proposer, which
     # completes those k from their records and dispatches only the others, in the same order.

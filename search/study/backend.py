@@ -174,7 +174,8 @@ def simulated_params(session: StudySession):
             "depth": trial.shape.depth, "width": trial.shape.width, "heads": trial.shape.heads,
             "conditioning": model.conditioning, "patch_size": model.patch_size,
             "image_size": model.image_size, "image_tokens": model.image_tokens,
-            "text_tokens": model.text_len, "seed": spec.seed, "trainer": "simulated",
+            "text_tokens": model.text_len, "seed": trial.seed(spec.seed),
+            "trainer": "simulated",
             "surface": t.surface, "noise": t.noise, "gpus": config.get("gpus", 0),
             "gpu_hours": f"{float(config['flops']) / (r.gpu_peak_flops * r.mfu) / 3600:.6g}",
         }.items()}
