@@ -1,9 +1,31 @@
 """Shared fixtures: one small built-in dataset per session (real shards, real text features) and a
 tiny random CLIP vision tower saved with `save_pretrained`, for FID."""
 
+import os
+import sys
+
 import pytest
 
 from scaling.builtin_data import DatasetInfo, write_builtin_dataset
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave with the session's exit status once pytest has reported it, without the interpreter's
+    teardown: after a suite that ran Ray, gRPC and torch threads in this process, that teardown
+    can crash in native code (a segmentation fault after every test had passed), which would turn
+    a passing run into a failing one."""
+    status = config.stash.get(EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 @pytest.fixture(scope="session")
