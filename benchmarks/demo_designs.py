@@ -29,7 +29,8 @@ Measured on this 2-core machine (one study per design, seed 0):
 - depth1-2seeds-lr4e-3: 0.40 [0.23, 0.47] on 4 of 5, A2 and A3 disagree, validation +59% outside.
 - depth1-16px: 0.31 [0.03, 0.69] on 3 of 5.
 Why: below 2e11 FLOPs the models are still leaving the initial plateau, and from 2e11 up every
-budget's optimum sits just above a capacity wall near 80K parameters (README, "Why not two decades?").
+budget's optimum sits just above a capacity wall near 80K parameters (README, "Why not two
+decades?").
 """
 
 from __future__ import annotations
