@@ -35,9 +35,22 @@ class LRSchedule:
         if not 0 <= self.cooldown_fraction <= 1:
             raise ValueError(f"cooldown_fraction={self.cooldown_fraction} is not in [0, 1]")
 
+    @property
+    def warmup(self) -> int:
+        """Steps of linear warmup: the requested ones, but never more than half the run (tiny
+        budgets have only a few hundred steps)."""
+        return min(self.warmup_steps, self.total_steps // 2)
+
+    @property
+    def cooldown_start(self) -> int:
+        """The first step of the cooldown (`total_steps` when there is none): before it, a
+        constant_cooldown run is at its peak LR after warmup, the same for every run length."""
+        if self.kind != "constant_cooldown":
+            return self.total_steps
+        return self.total_steps - int(round(self.cooldown_fraction * self.total_steps))
+
     def __call__(self, step: int) -> float:
-        # Warmup never takes more than half the run: tiny budgets have only a few hundred steps.
-        warmup = min(self.warmup_steps, self.total_steps // 2)
+        warmup = self.warmup
         if step < warmup:
             return self.peak_lr * (step + 1) / warmup
         floor = self.peak_lr * self.min_lr_ratio
@@ -47,8 +60,8 @@ class LRSchedule:
             progress = (step - warmup) / max(1, self.total_steps - warmup)
             cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             return floor + (self.peak_lr - floor) * cosine
-        cooldown = int(round(self.cooldown_fraction * self.total_steps))
-        start = self.total_steps - cooldown
+        start = self.cooldown_start
+        cooldown = self.total_steps - start
         if step < start or cooldown == 0:
             return self.peak_lr
         progress = (step - start + 1) / cooldown

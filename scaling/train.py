@@ -1,8 +1,10 @@
 """The training loop of one trial: a DiT trained with rectified flow on webdataset shards.
 
 It knows nothing of Ray or MLflow. Progress leaves through `report(metrics, checkpoint_dir)`, called
-every `report_every` steps on every rank (a distributed runner may use it as a barrier); rank 0
-passes a checkpoint directory every `checkpoint_every` steps and at the end, the others pass None.
+every `report_every` steps and at each of `branch_points` on every rank (a distributed runner may
+use it as a barrier); rank 0 passes a checkpoint directory every `checkpoint_every` steps, at each
+branch point and at the end, the others pass None. A run restored from another run's branch-point
+checkpoint (`scaling.reuse`) is that run's branch: it trains on from there under its own schedule.
 
 - Parallelism: if `torch.distributed` is initialised (Ray Train does so), the model is replicated
   with DDP, or sharded with FSDP2 (`fully_shard` on every block and the root) when
@@ -87,6 +89,9 @@ class TrainConfig:
     ema_alpha: float = 0.9
     report_every: int = 10
     checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
+    # steps at which a report also carries a checkpoint, for runs that branch off this one
+    # (`scaling.reuse`): each is the first step of a shorter run's cooldown
+    branch_points: tuple[int, ...] = ()
     val_samples: int = 512
     seed: int = 0
     threads: int | None = None
@@ -113,12 +118,19 @@ class TrainConfig:
             raise ValueError(f"precision {self.precision!r} is not fp32 or bf16")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel {self.parallel!r} is not ddp or fsdp")
+        bad = [p for p in self.branch_points if not 0 < p < self.steps]
+        if bad:
+            raise ValueError(f"branch_points {bad} are not between step 0 and steps={self.steps}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers={self.data_workers} must not be negative")
         if self.peak_flops is not None and not self.peak_flops > 0:
             raise ValueError(f"peak_flops={self.peak_flops} must be a positive FLOP/s")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout={self.caption_dropout} is not in [0, 1)")
+
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(self.lr, self.steps, self.warmup_steps, self.schedule,
+                          self.cooldown_fraction)
 
     def micro_batches(self, world: int) -> tuple[int, int]:
         """(samples per rank per step, samples per micro-batch) on `world` ranks."""
@@ -342,7 +354,7 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
         torch.set_num_threads(cfg.threads)
     model, net = build_model(cfg, world, device)
     opt = _optimizer(model, cfg)
-    schedule = LRSchedule(cfg.lr, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.cooldown_fraction)
+    schedule = cfg.lr_schedule()
     state = _restore(model, opt, resume_from, world) if resume_from is not None else _State()
 
     counts = parameter_count(cfg.model)
@@ -389,7 +401,8 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
         state.step += 1
         state.samples += cfg.batch_size
         last = state.step == cfg.steps
-        if state.step % cfg.report_every and not last:
+        branch_point = state.step in cfg.branch_points
+        if state.step % cfg.report_every and not last and not branch_point:
             continue
 
         # One transfer (and one all-reduce) of the window's losses per report.
@@ -420,7 +433,8 @@ def train(cfg: TrainConfig, report: Report, resume_from: str | Path | None = Non
         if last:
             metrics.update(final_evaluation(model, cfg, rank, world))
             metrics["final"] = 1.0
-        wants_ckpt = last or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
+        wants_ckpt = last or branch_point or (cfg.checkpoint_every
+                                              and state.step % cfg.checkpoint_every == 0)
         checkpoint = _save_checkpoint(model, opt, state, cfg, rank, world) if wants_ckpt \
             else None
         try:

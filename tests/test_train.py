@@ -84,6 +84,27 @@ def test_resume_continues_the_same_curve(config, tmp_path):
     assert other["loss_ema"] != pytest.approx(full["loss_ema"], rel=1e-3)
 
 
+def test_a_branch_off_a_longer_run_trains_what_it_would_from_scratch(config, tmp_path):
+    """A 24-step run with a cooldown restored from a 40-step trunk's checkpoint at its cooldown
+    start (step 19 of 24 at cooldown_fraction 0.2) ends where the 24-step run from scratch does."""
+    cfg = replace(config, schedule="constant_cooldown", cooldown_fraction=0.2)
+    short = replace(cfg, steps=24)
+    start = short.lr_schedule().cooldown_start
+    assert start == 19 and cfg.lr_schedule().cooldown_start == 32
+    _, trunk_reports = run(replace(cfg, branch_points=(start,)), keep=tmp_path)
+    assert [(m["step"], c) for m, c in trunk_reports] == [
+        (10, False), (19, True), (20, False), (30, False), (40, True)]
+    scratch, _ = run(short)
+    branch, branch_reports = run(short, resume=tmp_path / f"step{start}")
+    assert [m["step"] for m, _ in branch_reports] == [20, 24]
+    for key in ("loss_ema", "val_loss", "tokens", "flops_exact"):
+        assert branch[key] == pytest.approx(scratch[key], rel=1e-5), key
+    # the trunk's own end, trained at peak LR past step 19, is somewhere else
+    assert trunk_reports[-1][0]["loss_ema"] != pytest.approx(scratch["loss_ema"], rel=1e-3)
+    with pytest.raises(ValueError, match=r"branch_points \[40\] are not between"):
+        replace(cfg, branch_points=(40,))
+
+
 def test_micro_batches_accumulate_to_the_same_step(config):
     whole, _ = run(replace(config, steps=20))
     parts, _ = run(replace(config, steps=20, micro_batch=4))
