@@ -78,7 +78,7 @@ class StudySpec(_Frozen):
                              "what the fit needs")
         if self.metric == "val_loss" and self.trainer.val_samples == 0:
             raise ValueError("metric = 'val_loss' needs trainer.val_samples > 0")
-        simulated = self.trainer.kind == "simulated"
+        simulated, t = self.trainer.kind == "simulated", self.trainer
         if not simulated and (self.resources.gpus_per_trial or self.resources.simulated_gpus):
             raise ValueError("resources.gpus_per_trial and resources.simulated_gpus are for "
                              "trainer.kind = 'simulated'; real trials ask for workers x "
@@ -87,10 +87,12 @@ class StudySpec(_Frozen):
             raise ValueError("trainer.lr_sweep needs real training: a simulated trial's loss does "
                              "not depend on its learning rate; remove lr_sweep or set "
                              "trainer.kind = 'real'")
+        if t.reuse == "cooldown":
+            self._check_reuse()
         if self.allocator.kind == "adaptive" and self.model.sizes:
             raise ValueError("allocator.kind = 'adaptive' chooses the sizes itself; remove "
                              "model.sizes or use allocator.kind = 'fixed'")
-        t, workers = self.trainer, self.resources.workers
+        workers = self.resources.workers
         if t.batch_size % workers:
             raise ValueError(f"trainer.batch_size {t.batch_size} does not split evenly over "
                              f"resources.workers = {workers}")
@@ -106,6 +108,21 @@ class StudySpec(_Frozen):
             raise ValueError(f"eval.fid_samples = {e.fid_samples} exceeds data.val_samples = "
                              f"{self.data.val_samples}: FID takes one caption per sample")
         return self
+
+    def _check_reuse(self) -> None:
+        t = self.trainer
+        if t.schedule != "constant_cooldown" or t.cooldown_fraction == 0:
+            raise ValueError("trainer.reuse = 'cooldown' needs schedule = 'constant_cooldown' "
+                             "with cooldown_fraction > 0: branches share the constant phase")
+        if self.simulated:
+            raise ValueError("trainer.reuse = 'cooldown' needs real training (trainer.kind = "
+                             "'real'): a simulated trial has no checkpoint to branch from")
+        if self.allocator.kind != "fixed":
+            raise ValueError("trainer.reuse = 'cooldown' needs allocator.kind = 'fixed': the "
+                             "branches are planned from the whole grid before it starts")
+        if t.lr_sweep is not None:
+            raise ValueError("trainer.reuse = 'cooldown' and trainer.lr_sweep cannot be combined: "
+                             "the branches are planned from the LR rule before the sweep fits it")
 
     @property
     def simulated(self) -> bool:

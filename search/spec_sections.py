@@ -180,6 +180,9 @@ class TrainerSpec(_Frozen):
     lr_sweep: LRSweepSpec | None = None
     schedule: Literal["constant", "cosine", "constant_cooldown"] = "constant_cooldown"
     cooldown_fraction: float = Field(0.2, ge=0, le=1)
+    # "cooldown": each size trains once, as its longest run (the trunk), and every shorter run of
+    # that size branches off it at its own cooldown start, training only its cooldown
+    reuse: Literal["off", "cooldown"] = "off"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"

@@ -38,7 +38,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from scaling.data import register_pyarrow_schemes
 from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
-from scaling.train import TrainConfig, load_checkpoint, train
+from scaling.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, train
+from search.branches import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP, branch_dir, keep_branch_point
 from search.grid import TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.spec import StudySpec
@@ -125,7 +126,7 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         threads=max(1, math.floor(spec.resources.cpus_per_worker)),
         micro_batch=t.micro_batch, precision=t.precision, compile=t.compile,
         parallel=parallel_for(p.params, spec), peak_flops=t.peak_flops,
-        data_workers=t.data_workers,
+        data_workers=t.data_workers, branch_points=tuple(config.get(BRANCH_POINTS, ())),
         caption_dropout=t.caption_dropout, eval=eval_config(ctx))
     params = {
         "budget": f"{trial.budget:.6g}", "convention": spec.convention,
@@ -143,6 +144,11 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         "precision": t.precision, "compile": t.compile, "parallel": cfg.parallel,
         "caption_dropout": t.caption_dropout, "dataset_hash": ctx.dataset_hash,
     }
+    if t.reuse != "off":
+        params["reuse"] = ("branch" if BRANCH_OF in config
+                           else "trunk" if config.get(BRANCH_POINTS) else "from scratch")
+        if BRANCH_OF in config:
+            params.update(branch_of=config[BRANCH_OF], branch_step=config[BRANCH_STEP])
     if cfg.eval is not None and cfg.eval.fid is not None:
         f = cfg.eval.fid
         params.update({"fid_extractor": f.extractor, "fid_samples": f.samples,
@@ -264,6 +270,9 @@ def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
             save_metrics(Path(checkpoint_dir) / UNDELIVERED_FILE, sink.run_id,
                          sink.undelivered() + items)
         try:
+            target = branch_points.get(int(metrics["step"]))
+            if checkpoint_dir and target is not None:  # there before Tune hears of the step
+                keep_branch_point(checkpoint_dir, target, skip=(UNDELIVERED_FILE,))
             worker.report({**metrics, **extra}, str(checkpoint_dir) if checkpoint_dir else None)
         except OSError as err:  # pyarrow's copy may leave errno unset; its text says ENOSPC
             if storage_full(err):
@@ -282,8 +291,14 @@ def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
             sink.log_stamped(items)
 
     reported = False  # the first report of this start carries its start-up times
+    branch_points = {int(s): Path(p) for s, p in config.get("branch_points", {}).items()}
     try:
-        if checkpoint is not None:
+        branch = config.get("branch_from")
+        if checkpoint is None and branch is not None:
+            if sink is not None:
+                sink.log({"branched_from_step": branch["step"]}, step=branch["step"])
+            final = train(cfg, report, resume_from=branch["dir"], device=device)
+        elif checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
                 if sink is not None:
                     sink.log_stamped(load_metrics(Path(resume_dir) / UNDELIVERED_FILE, sink.run_id))
@@ -338,7 +353,7 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
         tracking.log_artifacts(run_id, [dataset_json], "data")
     loop_config = {"train": cfg, "run_id": run_id, "tracking_uri": ctx.tracking_uri,
                    "storage_path": ctx.storage_path, "study": ctx.study,
-                   "trial_start": trial_start}
+                   "trial_start": trial_start, **_branching(ctx, key, config, tracking, run_id)}
     try:
         if in_trial_process(spec):
             _train_loop(loop_config, _TuneTrial())
@@ -353,6 +368,29 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
             raise StorageFullError(errno.ENOSPC, _storage_message(ctx.storage_path, ctx.study,
                                                                   err)) from None
         raise
+
+
+def _branching(ctx: StudyContext, key: str, config: dict, tracking: Tracking,
+               run_id: str) -> dict:
+    """The loop's run-reuse settings: where a trunk leaves its branch-point checkpoints, and the
+    checkpoint a branch starts from. A branch whose trunk left none (it failed before the step)
+    trains from scratch and is tagged so."""
+    def where(trunk: str, step: int) -> str:
+        return str(branch_dir(ctx.storage_path, ctx.study, ctx.study_run_id, trunk, step))
+
+    out: dict = {}
+    if config.get(BRANCH_POINTS):
+        out["branch_points"] = {int(s): where(key, int(s)) for s in config[BRANCH_POINTS]}
+    if BRANCH_OF in config:
+        trunk, step = str(config[BRANCH_OF]), int(config[BRANCH_STEP])
+        path = where(trunk, step)
+        if Path(path, CHECKPOINT_FILE).is_file():
+            out["branch_from"] = {"dir": path, "step": step}
+            tracking.set_tags(run_id, {"dit.branch": f"off trunk {trunk} at step {step}"})
+        else:
+            tracking.set_tags(run_id, {"dit.branch": f"trained from scratch: trunk {trunk} left "
+                                                     f"no checkpoint at step {step}"})
+    return out
 
 
 def _torch_trainer(ctx: StudyContext, key: str, loop_config: dict) -> TorchTrainer:

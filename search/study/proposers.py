@@ -3,7 +3,8 @@
 outermost one to Tune through `search.study.tune_searcher.TuneSearcher`.
 
 - the fixed grid: the spec's [model] sizes per budget, centred on the allocator's prior (the
-  6ND heuristic when the prior is "none"): `grid_trials`;
+  6ND heuristic when the prior is "none"): `grid_trials`; with `trainer.reuse = "cooldown"`,
+  served so that each branch waits for its trunk (`search.branches`);
 - the adaptive allocator (`search.allocator`) behind `AllocatorProposer`, seeded with a study's
   finished trials by `refine`;
 - an LR sweep (`search.lr_sweep`) in front of either, when the spec asks for one;
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from scaling.hparams import LRRule, SweepPoint, best_lrs
 from scaling.model import DiTConfig, ModelShape
 from search.allocator import Allocator, Prior, SizeCatalogue
+from search.branches import BranchingGridProposer, grid_cost, reuse_plan, with_branches
 from search.grid import GridProposer, TrialSpec, fixed_grid, trial_config
 from search.lr_sweep import LRSweepProposer, rule_params, spec_rule, sweep_configs
 from search.proposal import FINISHED, Proposer
@@ -132,7 +134,12 @@ def inner_proposer(spec: StudySpec, template: DiTConfig, prior: Prior,
     if spec.allocator.kind == "adaptive":
         return AllocatorProposer(spec, template, prior, out, extra_shapes), None
     trials = grid_trials(spec, template, prior)
-    return GridProposer([trial_config(spec, template, t) for t in trials]), len(trials)
+    configs = [trial_config(spec, template, t) for t in trials]
+    if spec.trainer.reuse == "off":
+        return GridProposer(configs), len(trials)
+    reuse = reuse_plan(spec, template, trials)
+    out(grid_cost(spec, template, trials, reuse).line())
+    return BranchingGridProposer(with_branches(configs, reuse)), len(trials)
 
 
 def with_lr_sweep(spec: StudySpec, template: DiTConfig, inner: Proposer, prior: Prior,

@@ -1,0 +1,139 @@
+"""Run reuse in a study: trunks, branches, their cost, the proposer that holds a branch for its
+trunk, and a real study on a local Ray whose branches end where their from-scratch runs do."""
+
+import pytest
+
+from scaling.model import DiTConfig, ModelShape
+from search.branches import (
+    BRANCH_OF,
+    BRANCH_POINTS,
+    BRANCH_STEP,
+    BranchingGridProposer,
+    grid_cost,
+    reuse_plan,
+    with_branches,
+)
+from search.grid import fixed_grid, plan
+from search.proposal import FINISHED
+from search.spec import SpecError, parse_spec
+from search.tracking import Tracking
+
+TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_len=14)
+SIZES = [3e4, 6e4, 1.2e5]
+
+
+def spec(**trainer):
+    return parse_spec({"name": "b", "budgets": [1e11, 3e11, 1e12],
+                       "model": {"sizes": SIZES},
+                       "trainer": {"batch_size": 16, "warmup_steps": 5, "reuse": "cooldown",
+                                   **trainer}})
+
+
+def test_each_size_trains_once_to_its_largest_budget_and_the_others_branch_off():
+    s = spec()
+    trials = fixed_grid(s, TEMPLATE)
+    reuse = reuse_plan(s, TEMPLATE, trials)
+    assert len(trials) == 9 and len(reuse.branches) == 6
+    for b in reuse.branches:
+        trunk = next(t for t in trials if t.key == b.trunk)
+        mine = next(t for t in trials if t.key == b.key)
+        assert trunk.shape == mine.shape and trunk.budget == 1e12 and mine.budget < 1e12
+        steps = plan(s, TEMPLATE, mine).steps
+        assert b.steps == steps and b.step == steps - round(0.2 * steps)
+    cost = grid_cost(s, TEMPLATE, trials, reuse)
+    # per size: 1e12 trained whole, 1e11 and 3e11 only their last 20% (to rounding of steps)
+    assert cost.trained / cost.points == pytest.approx((1e12 + 0.2 * 4e11) / 1.4e12, rel=0.01)
+    assert cost.line().startswith("reuse: 6 trials branch off 3 trunks; the grid trains ")
+    configs = with_branches([t.config() for t in trials], reuse)
+    trunks = [c for c in configs if BRANCH_POINTS in c]
+    assert len(trunks) == 3 and all(len(c[BRANCH_POINTS]) == 2 for c in trunks)
+    assert sum(BRANCH_OF in c for c in configs) == 6
+    assert reuse_plan(s.model_copy(update={"trainer": s.trainer.model_copy(
+        update={"reuse": "off"})}), TEMPLATE, trials).branches == ()
+
+
+def test_a_branch_waits_for_its_trunk_to_pass_its_step_or_to_end():
+    configs = [{"trial_key": "b1", BRANCH_OF: "t", BRANCH_STEP: 40},
+               {"trial_key": "b2", BRANCH_OF: "t", BRANCH_STEP: 80},
+               {"trial_key": "t", BRANCH_POINTS: [40, 80]},
+               {"trial_key": "x"}]
+    p = BranchingGridProposer(configs)
+    assert [p.suggest("1")["trial_key"], p.suggest("2")["trial_key"]] == ["t", "x"]
+    assert p.suggest("3") is None
+    p.on_trial_result("1", {"step": 40})
+    assert p.suggest("3")["trial_key"] == "b1" and p.suggest("4") is None
+    restored = BranchingGridProposer([])
+    restored.set_state(p.get_state())  # a new driver goes on from the same state
+    restored.on_trial_complete("1", error=True)  # the trunk failed: b2 trains from scratch
+    assert restored.suggest("4")["trial_key"] == "b2" and restored.suggest("5") == FINISHED
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ({"schedule": "cosine"}, "needs schedule = 'constant_cooldown' with cooldown_fraction > 0"),
+    ({"cooldown_fraction": 0.0}, "needs schedule = 'constant_cooldown'"),
+    ({"kind": "simulated"}, "needs real training"),
+    ({"lr_sweep": {}}, "and trainer.lr_sweep cannot be combined"),
+])
+def test_what_reuse_needs_is_named(trainer, expected):
+    with pytest.raises(SpecError, match=expected):
+        spec(**trainer)
+
+
+def test_reuse_is_for_the_fixed_grid():
+    with pytest.raises(SpecError, match="needs allocator.kind = 'fixed'"):
+        parse_spec({"name": "b", "budgets": [1e11, 1e12], "allocator": {"kind": "adaptive"},
+                    "trainer": {"reuse": "cooldown"}})
+
+
+STUDY = """
+    name = "{name}"
+    budgets = [1e10, 3e10]
+    metric = "val_loss"
+    [model]
+    sizes = [1.2e4, 2.4e4, 4.8e4]
+    min_params = 1e4
+    [data]
+    source = "path"
+    path = "{data}"
+    [trainer]
+    batch_size = 16
+    warmup_steps = 5
+    val_samples = 128
+    report_every = 20
+    reuse = "{reuse}"
+"""
+
+
+@pytest.mark.slow
+def test_a_real_study_with_reuse_ends_where_from_scratch_does(tiny_data, tmp_path, run_study,
+                                                              capsys):
+    finals = {}
+    for reuse in ("off", "cooldown"):
+        out = tmp_path / reuse
+        out.mkdir()
+        _, code, uri = run_study(out, STUDY.format(name=f"r{reuse}", data=tiny_data.root,
+                                                   reuse=reuse))
+        assert code in (0, 1)  # 1: no law from three sizes at two tiny budgets, not checked here
+        tracking = Tracking(uri)
+        parent = tracking.latest_study_run(f"r{reuse}")
+        records = tracking.trial_records(parent.info.run_id, parent.info.experiment_id)
+        assert len(records) == 6 and all(r.status == "finished" for r in records)
+        finals[reuse] = {r.trial_key: r for r in records}
+    printed = capsys.readouterr().out
+    assert "reuse: 3 trials branch off 3 trunks" in printed
+    for key, scratch in finals["off"].items():
+        r = finals["cooldown"][key]
+        # the same point, trained whole or as a branch, ends at the same validation loss
+        assert r.metrics["val_loss"] == pytest.approx(scratch.metrics["val_loss"], rel=1e-4), key
+        assert r.metrics["tokens"] == scratch.metrics["tokens"]
+        if r.params["budget"] == "1e+10":
+            step = int(r.params["branch_step"])
+            assert r.params["reuse"] == "branch" and r.metrics["branched_from_step"] == step
+            client = Tracking(uri).client
+            tags = client.get_run(r.run_id).data.tags
+            assert tags["dit.branch"] == f"off trunk {r.params['branch_of']} at step {step}"
+            history = client.get_metric_history(r.run_id, "loss")
+            assert min(m.step for m in history) > step  # it trained only its cooldown
+            assert (tmp_path / "cooldown" / "ray" / "branch-points").is_dir()
+        else:
+            assert r.params["reuse"] == "trunk" and "branch_step" not in r.params
