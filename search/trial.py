@@ -296,7 +296,7 @@ def _train_loop(config: dict, worker: _TrainWorker | _TuneTrial) -> None:
         branch = config.get("branch_from")
         if checkpoint is None and branch is not None:
             if sink is not None:
-                sink.log({"branched_from_step": branch["step"]}, step=branch["step"])
+                sink.log({branch["metric"]: branch["step"]}, step=branch["step"])
             final = train(cfg, report, resume_from=branch["dir"], device=device)
         elif checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
@@ -373,19 +373,27 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
 def _branching(ctx: StudyContext, key: str, config: dict, tracking: Tracking,
                run_id: str) -> dict:
     """The loop's run-reuse settings: where a trunk leaves its branch-point checkpoints, and the
-    checkpoint a branch starts from. A branch whose trunk left none (it failed before the step)
-    trains from scratch and is tagged so."""
+    checkpoint a branch starts from (used only when Tune has no checkpoint of the trial's own).
+    A branch whose trunk left none (it failed before the step) trains from scratch and is tagged
+    so."""
     def where(trunk: str, step: int) -> str:
         return str(branch_dir(ctx.storage_path, ctx.study, ctx.study_run_id, trunk, step))
 
     out: dict = {}
     if config.get(BRANCH_POINTS):
         out["branch_points"] = {int(s): where(key, int(s)) for s in config[BRANCH_POINTS]}
+        # A trunk Tune restarts without a checkpoint (its driver was killed before it recorded
+        # one) goes on from the furthest branch point it left: its own state at that step.
+        kept = [s for s, path in out["branch_points"].items()
+                if Path(path, CHECKPOINT_FILE).is_file()]
+        if kept:
+            out["branch_from"] = {"dir": out["branch_points"][max(kept)], "step": max(kept),
+                                  "metric": "resumed_from_step"}
     if BRANCH_OF in config:
         trunk, step = str(config[BRANCH_OF]), int(config[BRANCH_STEP])
         path = where(trunk, step)
         if Path(path, CHECKPOINT_FILE).is_file():
-            out["branch_from"] = {"dir": path, "step": step}
+            out["branch_from"] = {"dir": path, "step": step, "metric": "branched_from_step"}
             tracking.set_tags(run_id, {"dit.branch": f"off trunk {trunk} at step {step}"})
         else:
             tracking.set_tags(run_id, {"dit.branch": f"trained from scratch: trunk {trunk} left "

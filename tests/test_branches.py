@@ -1,7 +1,15 @@
 """Run reuse in a study: trunks, branches, their cost, the proposer that holds a branch for its
 trunk, and a real study on a local Ray whose branches end where their from-scratch runs do."""
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
+import ray
 
 from scaling.model import DiTConfig, ModelShape
 from search.branches import (
@@ -13,11 +21,14 @@ from search.branches import (
     reuse_plan,
     with_branches,
 )
+from search.cli import main
 from search.grid import fixed_grid, plan
 from search.proposal import FINISHED
 from search.spec import SpecError, parse_spec
 from search.tracking import Tracking
+from tests.services import wait_progressing
 
+ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = DiTConfig(ModelShape(1, 16, 1), image_size=16, text_len=14)
 SIZES = [3e4, 6e4, 1.2e5]
 
@@ -137,3 +148,50 @@ def test_a_real_study_with_reuse_ends_where_from_scratch_does(tiny_data, tmp_pat
             assert (tmp_path / "cooldown" / "ray" / "branch-points").is_dir()
         else:
             assert r.params["reuse"] == "trunk" and "branch_step" not in r.params
+
+
+@pytest.mark.slow
+def test_a_trunk_killed_with_its_driver_resumes_and_its_branches_follow(tiny_data, tmp_path):
+    """The driver (and its Ray) is killed once a trunk has left its branch point; `resume`
+    restores that trunk from its checkpoint, and every branch still starts off its trunk."""
+    out = tmp_path / "out"
+    spec = tmp_path / "killed.toml"
+    spec.write_text(f'output_dir = "{out}"\n' + textwrap.dedent(
+        STUDY.format(name="killed", data=tiny_data.root, reuse="cooldown")
+    ).replace("budgets = [1e10, 3e10]", "budgets = [1e10, 1e11]"))  # trunks of 1.7K-6.7K steps
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen([sys.executable, "-m", "search.cli", "run", str(spec)],
+                                  cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def left_a_branch_point():
+                assert driver.poll() is None, log_path.read_text()[-3000:]
+                return list((out / "ray").glob("branch-points/*/*/step-*"))
+
+            left = wait_progressing(left_a_branch_point, lambda: log_path.stat().st_size,
+                                    "a trunk's first branch point", poll=0.1)
+        finally:  # the driver, its Ray cluster and workers: one process group, started here
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    tracking = Tracking(uri)
+    parent = tracking.latest_study_run("killed")
+    before = {r.trial_key: r.status for r in tracking.trial_records(
+        parent.info.run_id, parent.info.experiment_id)}
+    assert "finished" not in [before.get(k) for k in before if k.startswith("C1e11")]
+    try:
+        assert main(["resume", "--study", "killed", "--tracking-uri", uri]) in (0, 1)  # 1: no law
+    finally:
+        ray.shutdown()
+    records = tracking.trial_records(parent.info.run_id, parent.info.experiment_id)
+    assert len(records) == 6 and all(r.status == "finished" for r in records)
+    client = tracking.client
+    passed = {p.parent.name: int(p.name.removeprefix("step-")) for p in left}
+    for r in records:
+        if r.trial_key in passed:  # killed after its branch point: restored from there
+            assert r.metrics["attempt"] == 2, r.trial_key
+            assert r.metrics["resumed_from_step"] >= passed[r.trial_key]
+        if r.params["reuse"] == "branch":
+            tags = client.get_run(r.run_id).data.tags
+            assert tags["dit.branch"].startswith(f"off trunk {r.params['branch_of']} at step")
