@@ -38,8 +38,10 @@ def trial_seed(study_seed: int, trial_key: str) -> int:
 
 
 def simulate_run(surface: LossSurface, params: float, tokens: float, steps: int, reports: int,
-                 noise: float, seed: int) -> SimulatedRun:
-    """`reports` evenly spaced reports over `steps` steps of training N=`params` on D=`tokens`."""
+                 noise: float, seed: int, gap: float = 0.0) -> SimulatedRun:
+    """`reports` evenly spaced reports over `steps` steps of training N=`params` on D=`tokens`.
+    `gap` offsets the final and validation losses by that share of themselves (a cooldown
+    branch's gap against its from-scratch run), after the same noise."""
     if steps < 1 or reports < 1:
         raise ValueError(f"steps={steps} and reports={reports} must be at least 1")
     reports = min(reports, steps)
@@ -47,9 +49,9 @@ def simulate_run(surface: LossSurface, params: float, tokens: float, steps: int,
     # final losses do not depend on how many reports a trial makes (a plan reports once).
     final, held_out, before = (np.random.default_rng([seed, k]) for k in range(3))
     losses = surface.curve(params, tokens, reports, before, noise)
-    losses[-1] = surface.noisy_loss(params, tokens, final, noise)
+    losses[-1] = surface.noisy_loss(params, tokens, final, noise) * (1.0 + gap)
     at = np.round(np.arange(1, reports + 1) * steps / reports).astype(np.int64)
-    val = float(surface.noisy_loss(params, tokens, held_out, noise))
+    val = float(surface.noisy_loss(params, tokens, held_out, noise)) * (1.0 + gap)
     return SimulatedRun(steps=at, loss=losses, val_loss=val)
 
 

@@ -26,9 +26,8 @@ from scaling.schedule import LRSchedule
 from search.grid import TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.proposal import FINISHED, Proposer
+from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
 from search.spec import StudySpec
-
-BRANCH_OF, BRANCH_STEP, BRANCH_POINTS = "branch_of", "branch_step", "branch_points"
 
 
 def trial_schedule(spec: StudySpec, template: DiTConfig, trial: TrialSpec) -> LRSchedule:
@@ -61,6 +60,14 @@ def with_branches(configs: list[dict], reuse: ReusePlan) -> list[dict]:
             extra.update({BRANCH_OF: branch.trunk, BRANCH_STEP: branch.step})
         out.append({**config, **extra})
     return out
+
+
+def reuse_params(config: dict) -> dict:
+    """A trial's MLflow params in a study with reuse: its part ("trunk", "branch" or "from
+    scratch") and, for a branch, its trunk's key and branch step."""
+    if BRANCH_OF in config:
+        return {"reuse": "branch", BRANCH_OF: config[BRANCH_OF], BRANCH_STEP: config[BRANCH_STEP]}
+    return {"reuse": "trunk" if config.get(BRANCH_POINTS) else "from scratch"}
 
 
 @dataclass(frozen=True)

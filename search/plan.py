@@ -4,7 +4,10 @@ Each repeat runs the study's allocator (the same `Allocator` class a study's pro
 its fixed grid against a simulated trainer (`scaling.simulate`, the same function the Ray
 trainable calls) on a virtual clock with `concurrency` trial slots, then fits the laws as the
 service would. Repeats differ in the study seed, so in the noise of every simulated loss and in
-the bootstrap. Units: FLOPs (multiply-add = 2 FLOPs), GPU-hours at the spec's peak x MFU.
+the bootstrap. With `trainer.reuse = "cooldown"` the fixed grid trains as `run` would: each size
+once as its trunk, the other budgets' points as cooldown branches that start once the trunk has
+passed their branch step and cost only their cooldown. Units: FLOPs (multiply-add = 2 FLOPs),
+GPU-hours at the spec's peak x MFU.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from scaling.model import DiTConfig, ModelShape
 from scaling.runs_table import RunPoint
 from scaling.surface import SURFACES, LossSurface
 from search.allocator import FINISHED, Allocator, Decision, Prior, SizeCatalogue
+from search.branches import reuse_plan, with_branches
 from search.grid import TrialSpec, trial_config
-from search.simulated import SimContext
+from search.records import BRANCH_OF, BRANCH_STEP
+from search.simulated import SimContext, trained_flops
 from search.spec import StudySpec
 from search.study.proposers import grid_trials
 
@@ -46,8 +51,9 @@ def simulated_template(spec: StudySpec) -> DiTConfig:
 
 @dataclass(frozen=True)
 class SimTrial:
-    """One simulated trial: budget and FLOPs (FLOPs), params N, tokens D, loss, GPUs and its
-    virtual start and end (seconds)."""
+    """One simulated trial: budget and FLOPs of its isoFLOP point (FLOPs), params N, tokens D,
+    loss, GPUs, its virtual start and end (seconds) and the FLOPs it trained (a cooldown
+    branch's cooldown only)."""
 
     key: str
     budget: float
@@ -58,6 +64,7 @@ class SimTrial:
     gpus: int
     start: float
     end: float
+    trained: float
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,13 @@ class StudySimulation:
 
     @property
     def flops(self) -> float:
+        """FLOPs the study trained."""
+        return sum(t.trained for t in self.trials)
+
+    @property
+    def point_flops(self) -> float:
+        """FLOPs of the study's isoFLOP points (more than it trained when branches reuse
+        trunks)."""
         return sum(t.flops for t in self.trials)
 
     @property
@@ -114,39 +128,61 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
     `concurrency` trials are proposed at once, each starts when the GPUs its size asks for
     (resources.gpus_per_trial) are free, and waits otherwise (trials that fit may pass it)."""
     ctx = SimContext(surface, spec.trainer.noise, 1, spec.seed, 0.0,
-                     spec.resources.gpu_peak_flops * spec.resources.mfu)
+                     spec.resources.gpu_peak_flops * spec.resources.mfu,
+                     cooldown_gap=spec.trainer.cooldown_gap)
     sim_spec = spec if spec.simulated else spec.model_copy(
         update={"trainer": spec.trainer.model_copy(update={"kind": "simulated"})})
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     allocator = None
+
+    def configs(trials: list[TrialSpec]) -> list[dict]:
+        return [trial_config(sim_spec, template, t) for t in trials]
+
     if strategy == "adaptive":
         allocator = Allocator(sim_spec, catalogue or SizeCatalogue(sim_spec, template), prior,
                               out)
-        pending: list[TrialSpec] = []
+        pending: list[dict] = []
     elif strategy == "two_round":
-        pending = grid_trials(sim_spec.model_copy(update={"model": sim_spec.model.model_copy(
-            update={"sizes": None, "sizes_per_budget": FIRST_ROUND[0],
-                    "size_spacing": FIRST_ROUND[1]})}), template, prior)
-    else:  # the grid `run` trains: the same centre rule and order
-        pending = grid_trials(sim_spec, template, prior)
+        pending = configs(grid_trials(sim_spec.model_copy(update={
+            "model": sim_spec.model.model_copy(update={
+                "sizes": None, "sizes_per_budget": FIRST_ROUND[0],
+                "size_spacing": FIRST_ROUND[1]})}), template, prior))
+    else:  # the grid `run` trains: the same centre rule and order, and branches
+        grid = grid_trials(sim_spec, template, prior)
+        pending = with_branches(configs(grid), reuse_plan(sim_spec, template, grid))
     second_round = strategy == "two_round"
     clock, seq, free = 0.0, 0, gpus
     running: list[tuple[float, int, dict, float]] = []
     waiting: list[dict] = []  # proposed, waiting for their GPUs
     trials: list[SimTrial] = []
+    started: dict[str, tuple[float, float, int]] = {}  # key -> virtual start, end, steps
+
+    def ready_at(config: dict) -> float | None:
+        """When a pending trial may start: a branch once its trunk has passed its branch step
+        (None while the trunk has not started)."""
+        trunk = config.get(BRANCH_OF)
+        if trunk is None:
+            return clock
+        if trunk not in started:
+            return None
+        start, end, steps = started[trunk]
+        return start + (end - start) * int(config[BRANCH_STEP]) / steps
+
     while True:
         while len(running) + len(waiting) < concurrency:
             if allocator is None:
-                if not pending:
+                index = next((i for i, c in enumerate(pending)
+                              if (t := ready_at(c)) is not None and t <= clock), None)
+                if index is None:
                     break
-                trial = pending.pop(0)
-            else:
-                point = allocator.suggest()
-                if point is None or point == FINISHED:
-                    break
-                budget, _ = allocator.trial_of(point.key)
-                trial = TrialSpec(budget, allocator.catalogue.shapes[point.index], point.params)
+                waiting.append(pending.pop(index))
+                continue
+            point = allocator.suggest()
+            if point is None or point == FINISHED:
+                break
+            budget, _ = allocator.trial_of(point.key)
+            trial = TrialSpec(budget, allocator.catalogue.shapes[point.index], point.params)
             waiting.append(trial_config(sim_spec, template, trial))
         for config in list(waiting):
             need = int(config["gpus"]) if gpus else 0
@@ -159,17 +195,24 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
             seq += 1
             end = clock + ctx.trial_seconds(config)
             heapq.heappush(running, (end, seq, config, loss))
+            started[config["trial_key"]] = (clock, end, int(config["steps"]))
             trials.append(SimTrial(config["trial_key"], float(config["budget"]),
                                    int(config["params"]), int(config["tokens"]),
-                                   float(config["flops"]), loss, int(config["gpus"]), clock, end))
+                                   float(config["flops"]), loss, int(config["gpus"]), clock, end,
+                                   trained_flops(config)))
         if not running:
             if second_round and not waiting:
                 second_round = False
-                pending = refine_round(sim_spec, catalogue or SizeCatalogue(sim_spec, template),
-                                       trials)
+                pending = configs(refine_round(
+                    sim_spec, catalogue or SizeCatalogue(sim_spec, template), trials))
                 if pending:
                     continue
             break
+        # a slot is free and a branch becomes ready before the next trial ends: start it then
+        soon = [t for c in pending if (t := ready_at(c)) is not None and t > clock]
+        if soon and min(soon) < running[0][0] and len(running) + len(waiting) < concurrency:
+            clock = min(soon)
+            continue
         clock, _, config, loss = heapq.heappop(running)
         free += int(config["gpus"]) if gpus else 0
         if allocator is not None:
@@ -240,6 +283,7 @@ class PlanReport:
                "trials_range": [min(len(s.trials) for s in sims),
                                 max(len(s.trials) for s in sims)],
                "flops_median": statistics.median(s.flops for s in sims),
+               "point_flops_median": statistics.median(s.point_flops for s in sims),
                "gpu_hours_median": statistics.median(s.gpu_hours for s in sims),
                "fitted": sum(s.fit is not None for s in sims)}
         if self.gpus:
@@ -271,8 +315,13 @@ class PlanReport:
                 + f"; GPU-hours at {r.gpu_peak_flops:.3g} FLOP/s x MFU {r.mfu:g} per GPU",
                 f"adaptive: {s.allocator.initial_sizes} initial sizes x{s.allocator.spacing:g}, "
                 f"tolerance +-{s.allocator.tolerance:.0%}, per-budget cap "
-                f"{s.allocator.max_trials_per_budget}; fixed grid: {s.model.sizes_per_budget} "
-                f"sizes x{s.model.size_spacing:g} around the same prior"]
+                f"{s.allocator.max_trials_per_budget}; fixed grid: "
+                + (f"the {len(s.model.sizes)} sizes of model.sizes at every budget"
+                   if s.model.sizes else f"{s.model.sizes_per_budget} sizes "
+                   f"x{s.model.size_spacing:g} around the same prior")
+                + (f", each size trained once: the other budgets branch off it and train their "
+                   f"cooldown ({s.trainer.cooldown_fraction:.0%} of their steps, loss gap "
+                   f"{s.trainer.cooldown_gap:+.2%})" if s.trainer.reuse == "cooldown" else "")]
         names = list(self.runs)
         sums = {n: self.summary(n) for n in names}
         rows = [("", *[{"adaptive": "adaptive allocator", "fixed": "fixed grid",
@@ -282,6 +331,9 @@ class PlanReport:
             f"{sums[n]['trials_median']:g} ({sums[n]['trials_range'][0]}-"
             f"{sums[n]['trials_range'][1]})" for n in names]))
         rows.append(("total FLOPs (median)", *[f"{sums[n]['flops_median']:.3g}" for n in names]))
+        if s.trainer.reuse == "cooldown":
+            rows.append(("  isoFLOP points' FLOPs (median)", *[
+                f"{sums[n]['point_flops_median']:.3g}" for n in names]))
         rows.append(("GPU-hours (median)", *[f"{sums[n]['gpu_hours_median']:.4g}"
                                              for n in names]))
         if self.gpus:
@@ -340,6 +392,9 @@ def plan_study(spec: StudySpec, template: DiTConfig, prior: Prior, surface: str,
                        else f"laws not fitted ({sim.fit_error})")
                 span = (f", makespan {sim.makespan_s / 3600:.3g} h at {sim.occupancy:.0%} GPU "
                         "occupancy" if gpus else "")
+                spent = (f" ({sim.point_flops:.3g} of isoFLOP points)"
+                         if sim.point_flops != sim.flops else "")
                 progress(f"[{strategy} {i + 1}/{repeats}] {len(sim.trials)} trials, "
-                         f"{sim.flops:.3g} FLOPs, {sim.gpu_hours:.4g} GPU-hours{span}, {law}")
+                         f"{sim.flops:.3g} FLOPs{spent}, {sim.gpu_hours:.4g} GPU-hours{span}, "
+                         f"{law}")
     return PlanReport(spec, surface, concurrency, runs, true_exponents(surf, spec.budgets), gpus)

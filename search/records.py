@@ -20,6 +20,9 @@ STATUS = "dit.status"  # running, finished, failed, diverged
 LAWS_TAG = "dit.laws"  # "1" once the study run holds fitted laws
 PARENT = "mlflow.parentRunId"
 LAWS_FILE = "laws.json"
+# A trial's run-reuse fields (its Tune config keys and MLflow params): the steps at which a trunk
+# leaves a checkpoint for its branches; a branch's trunk key and the step it restores
+BRANCH_POINTS, BRANCH_OF, BRANCH_STEP = "branch_points", "branch_of", "branch_step"
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ class StudySpec(_Frozen):
                              "trainer.kind = 'real'")
         if t.reuse == "cooldown":
             self._check_reuse()
+        if t.cooldown_gap and not (self.simulated and t.reuse == "cooldown"):
+            raise ValueError("trainer.cooldown_gap offsets simulated branches' losses: it needs "
+                             "trainer.kind = 'simulated' and reuse = 'cooldown'")
         if self.allocator.kind == "adaptive" and self.model.sizes:
             raise ValueError("allocator.kind = 'adaptive' chooses the sizes itself; remove "
                              "model.sizes or use allocator.kind = 'fixed'")
@@ -114,9 +117,6 @@ class StudySpec(_Frozen):
         if t.schedule != "constant_cooldown" or t.cooldown_fraction == 0:
             raise ValueError("trainer.reuse = 'cooldown' needs schedule = 'constant_cooldown' "
                              "with cooldown_fraction > 0: branches share the constant phase")
-        if self.simulated:
-            raise ValueError("trainer.reuse = 'cooldown' needs real training (trainer.kind = "
-                             "'real'): a simulated trial has no checkpoint to branch from")
         if self.allocator.kind != "fixed":
             raise ValueError("trainer.reuse = 'cooldown' needs allocator.kind = 'fixed': the "
                              "branches are planned from the whole grid before it starts")

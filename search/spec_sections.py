@@ -183,6 +183,8 @@ class TrainerSpec(_Frozen):
     # "cooldown": each size trains once, as its longest run (the trunk), and every shorter run of
     # that size branches off it at its own cooldown start, training only its cooldown
     reuse: Literal["off", "cooldown"] = "off"
+    # simulated branches only: their losses' relative offset against their from-scratch runs
+    cooldown_gap: float = Field(0.0, ge=-0.5, le=0.5)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     timestep_sampling: Literal["uniform", "logit_normal"] = "logit_normal"

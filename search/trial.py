@@ -39,9 +39,10 @@ from scaling.data import register_pyarrow_schemes
 from scaling.evaluate import EvalConfig, FIDConfig
 from scaling.model import DiTConfig
 from scaling.train import CHECKPOINT_FILE, TrainConfig, load_checkpoint, train
-from search.branches import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP, branch_dir, keep_branch_point
+from search.branches import branch_dir, keep_branch_point, reuse_params
 from search.grid import TrialSpec, plan
 from search.lr_sweep import spec_rule
+from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
 from search.spec import StudySpec
 from search.tracking import STATUS, MetricSink, Tracking, load_metrics, save_metrics, stamp
 
@@ -145,10 +146,7 @@ def train_config(ctx: StudyContext, trial: TrialSpec,
         "caption_dropout": t.caption_dropout, "dataset_hash": ctx.dataset_hash,
     }
     if t.reuse != "off":
-        params["reuse"] = ("branch" if BRANCH_OF in config
-                           else "trunk" if config.get(BRANCH_POINTS) else "from scratch")
-        if BRANCH_OF in config:
-            params.update(branch_of=config[BRANCH_OF], branch_step=config[BRANCH_STEP])
+        params.update(reuse_params(config))
     if cfg.eval is not None and cfg.eval.fid is not None:
         f = cfg.eval.fid
         params.update({"fid_extractor": f.extractor, "fid_samples": f.samples,

@@ -12,19 +12,15 @@ import pytest
 import ray
 
 from scaling.model import DiTConfig, ModelShape
-from search.branches import (
-    BRANCH_OF,
-    BRANCH_POINTS,
-    BRANCH_STEP,
-    BranchingGridProposer,
-    grid_cost,
-    reuse_plan,
-    with_branches,
-)
+from scaling.surface import SURFACES
+from search.allocator import resolve_prior
+from search.branches import BranchingGridProposer, grid_cost, reuse_plan, with_branches
 from search.cli import main
 from search.grid import fixed_grid, plan
+from search.plan import simulate_study, simulated_template
 from search.proposal import FINISHED
-from search.spec import SpecError, parse_spec
+from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
+from search.spec import SpecError, load_spec, parse_spec
 from search.tracking import Tracking
 from tests.services import wait_progressing
 
@@ -82,7 +78,7 @@ def test_a_branch_waits_for_its_trunk_to_pass_its_step_or_to_end():
 @pytest.mark.parametrize("trainer, expected", [
     ({"schedule": "cosine"}, "needs schedule = 'constant_cooldown' with cooldown_fraction > 0"),
     ({"cooldown_fraction": 0.0}, "needs schedule = 'constant_cooldown'"),
-    ({"kind": "simulated"}, "needs real training"),
+    ({"reuse": "off", "cooldown_gap": 0.01}, "cooldown_gap offsets simulated branches"),
     ({"lr_sweep": {}}, "and trainer.lr_sweep cannot be combined"),
 ])
 def test_what_reuse_needs_is_named(trainer, expected):
@@ -195,3 +191,44 @@ def test_a_trunk_killed_with_its_driver_resumes_and_its_branches_follow(tiny_dat
         if r.params["reuse"] == "branch":
             tags = client.get_run(r.run_id).data.tags
             assert tags["dit.branch"].startswith(f"off trunk {r.params['branch_of']} at step")
+
+
+@pytest.mark.slow
+def test_a_simulated_study_with_reuse_runs_its_branches_after_their_trunks_as_planned(
+        tmp_path, run_study, capsys):
+    spec_path, code, uri = run_study(tmp_path, """
+        name = "sr"
+        seed = 3
+        budgets = [1e17, 3e17, 1e18, 3e18]
+        [trainer]
+        kind = "simulated"
+        batch_size = 256
+        reports = 5
+        reuse = "cooldown"
+        [model]
+        sizes = [4e6, 8e6, 1.6e7, 3.2e7, 6.4e7]
+        [allocator]
+        kind = "fixed"
+        prior = "paper"
+        [resources]
+        max_concurrent_trials = 3
+    """)
+    assert code == 0
+    assert "reuse: 15 trials branch off 5 trunks" in capsys.readouterr().out
+    tracking = Tracking(uri)
+    parent = tracking.latest_study_run("sr", with_laws=True)
+    records = tracking.trial_records(parent.info.run_id, parent.info.experiment_id)
+    runs = {x.trial_key: tracking.client.get_run(x.run_id) for x in records}
+    assert len(runs) == 20 and all(x.status == "finished" for x in records)
+    # the Ray path and the in-process plan train the same points to the same losses
+    spec = load_spec(spec_path)
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "fixed",
+                         SURFACES["paper"], fit=False)
+    assert {t.key for t in sim.trials} == set(runs)
+    for t in sim.trials:
+        run = runs[t.key]
+        assert run.data.metrics["loss_ema"] == pytest.approx(t.loss, rel=1e-9)
+        share = t.trained / t.flops
+        assert run.data.params["reuse"] == ("branch" if share < 1 else "trunk")
+        assert float(run.data.params["gpu_hours"]) == pytest.approx(
+            t.trained / (989e12 * 0.4) / 3600, rel=1e-5)

@@ -9,9 +9,12 @@ import ray
 
 from scaling.surface import SURFACES
 from search.allocator import resolve_prior
+from search.branches import grid_cost, reuse_plan
 from search.cli import main
+from search.grid import plan
 from search.plan import plan_study, simulate_study, simulated_template, true_exponents
 from search.spec import SpecError, parse_spec
+from search.study.proposers import grid_trials
 
 SPEC = {"name": "pl", "budgets": [1e17, 3e17, 1e18, 3e18],
         "trainer": {"kind": "simulated", "batch_size": 256},
@@ -186,3 +189,80 @@ def test_plan_cli_on_gpus_reports_makespan_and_needs_a_gpu_rule(tmp_path, capsys
     out = capsys.readouterr().out
     assert "on 16 GPUs by resources.gpus_per_trial" in out
     assert "makespan on 16 GPUs, hours" in out and "GPU occupancy" in out
+
+
+
+REUSE = {"name": "pr", "budgets": [1e17, 3e17, 1e18, 3e18],
+         "trainer": {"kind": "simulated", "batch_size": 256, "reuse": "cooldown"},
+         "model": {"sizes": [2e7, 4e7, 8e7, 1.6e8, 3.2e8]},
+         "allocator": {"kind": "fixed", "prior": "paper"}}
+
+
+def reuse_spec(**trainer):
+    return parse_spec({**REUSE, "trainer": {**REUSE["trainer"], **trainer}})
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_with_reuse_the_grid_trains_each_size_once_and_its_branches_only_their_cooldown(
+        concurrency):
+    spec, scratch_spec = reuse_spec(), reuse_spec(reuse="off")
+    template, prior = simulated_template(spec), resolve_prior(spec)
+    sim = simulate_study(spec, template, prior, "fixed", SURFACES["paper"], concurrency,
+                         fit=False)
+    scratch = simulate_study(scratch_spec, template, prior, "fixed", SURFACES["paper"],
+                             concurrency, fit=False)
+    # the same isoFLOP points and losses (no cooldown gap), for fewer FLOPs trained
+    assert {t.key: t.loss for t in sim.trials} == {t.key: t.loss for t in scratch.trials}
+    assert sim.point_flops == pytest.approx(scratch.flops)
+    grid = grid_trials(spec, template, prior)
+    reuse = reuse_plan(spec, template, grid)
+    assert len(reuse.branches) == 3 * 5
+    assert sim.flops == pytest.approx(grid_cost(spec, template, grid, reuse).trained, rel=1e-3)
+    # per size: 3e18 trained whole, the three smaller budgets only their last 20% of steps
+    assert sim.flops / scratch.flops == pytest.approx((3e18 + 0.2 * 1.4e18) / 4.4e18, rel=0.01)
+    # a branch starts once its trunk has passed its branch step, and lasts only its cooldown
+    mine, alone = {t.key: t for t in sim.trials}, {t.key: t for t in scratch.trials}
+    for b in reuse.branches:
+        trunk, branch = mine[b.trunk], mine[b.key]
+        trunk_steps = next(plan(spec, template, t).steps for t in grid if t.key == b.trunk)
+        passed = trunk.start + (trunk.end - trunk.start) * b.step / trunk_steps
+        assert branch.start >= passed - 1e-6 * trunk.end
+        whole = alone[b.key].end - alone[b.key].start
+        assert branch.end - branch.start == pytest.approx(whole * (b.steps - b.step) / b.steps)
+    if concurrency > 1:  # branches run beside their trunks, so the study ends sooner
+        assert sim.makespan_s < scratch.makespan_s
+
+
+def test_a_cooldown_gap_moves_only_the_branches_losses():
+    spec, gapped = reuse_spec(), reuse_spec(cooldown_gap=0.01)
+    template, prior = simulated_template(spec), resolve_prior(spec)
+    base = simulate_study(spec, template, prior, "fixed", SURFACES["paper"], fit=False)
+    moved = simulate_study(gapped, template, prior, "fixed", SURFACES["paper"], fit=False)
+    branches = {b.key for b in reuse_plan(spec, template, grid_trials(spec, template,
+                                                                      prior)).branches}
+    for a, b in zip(sorted(base.trials, key=lambda t: t.key),
+                    sorted(moved.trials, key=lambda t: t.key), strict=True):
+        assert b.loss == pytest.approx(a.loss * (1.01 if a.key in branches else 1.0), rel=1e-12)
+
+
+def test_a_reuse_plan_prints_what_its_points_are_worth_beside_what_it_trains(tmp_path, capsys):
+    path = tmp_path / "pr.toml"
+    path.write_text(textwrap.dedent('''
+        name = "pr"
+        budgets = [1e17, 3e17, 1e18, 3e18]
+        [trainer]
+        kind = "simulated"
+        batch_size = 256
+        reuse = "cooldown"
+        [model]
+        sizes = [2e7, 4e7, 8e7, 1.6e8, 3.2e8]
+        [allocator]
+        kind = "fixed"
+        prior = "paper"
+    '''))
+    assert main(["plan", str(path), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "each size trained once: the other budgets branch off it" in out
+    row = next(line for line in out.splitlines() if "isoFLOP points' FLOPs" in line)
+    trained = next(line for line in out.splitlines() if line.startswith("total FLOPs"))
+    assert float(trained.split()[-1]) == pytest.approx(0.745 * float(row.split()[-1]), rel=0.02)

@@ -21,10 +21,17 @@ import ray
 from ray import tune
 from ray.tune import Callback
 
+from search.branches import reuse_params
 from search.grid import TrialSpec, plan
 from search.progress import StudyProgress
 from search.runs_writer import RunsTableWriter
-from search.simulated import SimContext, gpu_request, report_metrics, run_simulated_trial
+from search.simulated import (
+    SimContext,
+    gpu_request,
+    report_metrics,
+    run_simulated_trial,
+    trained_flops,
+)
 from search.spec import StudySpec
 from search.study.session import StudySession
 from search.trial import (
@@ -177,7 +184,8 @@ def simulated_params(session: StudySession):
             "text_tokens": model.text_len, "seed": trial.seed(spec.seed),
             "trainer": "simulated",
             "surface": t.surface, "noise": t.noise, "gpus": config.get("gpus", 0),
-            "gpu_hours": f"{float(config['flops']) / (r.gpu_peak_flops * r.mfu) / 3600:.6g}",
+            "gpu_hours": f"{trained_flops(config) / (r.gpu_peak_flops * r.mfu) / 3600:.6g}",
+            **(reuse_params(config) if t.reuse != "off" else {}),
         }.items()}
     return params_of
 
