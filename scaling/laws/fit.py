@@ -5,7 +5,8 @@ Steps: drop exact duplicate runs (with a warning), group runs by budget
 L(N, D) by variable projection (`varpro`) and by Huber (`parametric`), draw the parametric
 bootstrap, keep the budgets with a real optimum, fit the power laws through their vertices by
 ordinary least squares (`powerlaw.fit_power_law`; the weighted variant beside it) and decide the
-Approach 2 / 3 verdict on the paired difference of their exponents over the same draws.
+Approach 2 / 3 verdict on the paired difference of their exponents over the same draws (Approach
+2's standard vertices, without the window-bias shift its intervals may carry).
 
 Intervals: a parametric bootstrap with estimated noise. Draw k replaces every loss by its fitted
 value times exp(sigma * s_k * z[k, i]): for Approach 2 the fitted value is its budget's parabola
@@ -149,10 +150,15 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
 
     compute = np.array([f.compute for f, _ in kept])
 
-    def law(value: str, log_draws: str, weighted: bool = False) -> PowerLaw:
+    def law(value: str, log_draws: str, weighted: bool = False,
+            standard: bool = False) -> PowerLaw:
+        """The power law through the budgets' optima; `standard`: from the draws of each
+        parabola's own vertex, without the window-bias shift (for the A2 / A3 verdict)."""
         y = np.log10([getattr(f, value) for f, _ in kept])
-        return fit_power_law(compute, y, np.stack([getattr(d, log_draws) for _, d in kept], 1),
-                             weighted)
+        index = ("log_n", "log_d").index(log_draws) if standard else None
+        draws = [getattr(d, log_draws) if index is None or d.standard is None
+                 else d.standard[index] for _, d in kept]
+        return fit_power_law(compute, y, np.stack(draws, 1), weighted)
 
     n_law, d_law = law("n_opt", "log_n"), law("d_opt", "log_d")
     # The loss exponent is the slope of the line through these budgets, curved or not: its
@@ -212,7 +218,13 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
         weighted={"n_opt": law("n_opt", "log_n", True), "d_opt": law("d_opt", "log_d", True)},
     )
     if approach3 is not None:
-        result = replace(result, paired=paired_differences(n_law, d_law, approach3))
+        # The verdict weighs the standard Approach 2 estimate against Approach 3: with the
+        # window-bias shift in half its draws, the difference's interval would span the very bias
+        # it should detect.
+        shifted = any(d.standard is not None for _, d in kept)
+        standard = (law("n_opt", "log_n", standard=True), law("d_opt", "log_d", standard=True)
+                    ) if shifted else (n_law, d_law)
+        result = replace(result, paired=paired_differences(*standard, approach3))
     return replace(result, warnings=tuple(warnings + disagreements(result)))
 
 

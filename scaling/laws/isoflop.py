@@ -81,12 +81,16 @@ class BudgetFit:
 
 @dataclass(frozen=True)
 class BudgetDraws:
-    """Bootstrap draws of one budget's optimum in log10 units, shape [draws] each."""
+    """Bootstrap draws of one budget's optimum in log10 units, shape [draws] each.
+
+    standard: (log_n, log_d) draws of the parabola's own vertex when the draws above carry a
+    window-bias shift (`fit_budget_draws`'s bias), else None (they are the same draws)."""
 
     log_n: np.ndarray
     log_d: np.ndarray
     log_loss: np.ndarray
     log_fid: np.ndarray | None
+    standard: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _quadratic_draws(xc: np.ndarray, counts: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -222,10 +226,11 @@ def fit_budget_draws(
         if sd < floor:
             jitter = rng or np.random.default_rng(0)
             log_n = log_n + jitter.normal(0.0, math.sqrt(floor**2 - sd**2), log_n.shape)
-    if bias is not None:
-        log_n, log_loss = log_n - bias[0], log_loss - bias[1]
-
     slope, intercept = np.polyfit(x, np.log10(tokens), 1)
+    standard = None
+    if bias is not None:
+        standard = (log_n, intercept + slope * log_n)
+        log_n, log_loss = log_n - bias[0], log_loss - bias[1]
     log_d = intercept + slope * log_n
     log_fid, fid_opt = None, None
     has_fid = ~np.isnan(fids)
@@ -271,7 +276,7 @@ def fit_budget_draws(
         message="; ".join(messages),
         **report,
     )
-    return fit, BudgetDraws(log_n, log_d, log_loss, log_fid)
+    return fit, BudgetDraws(log_n, log_d, log_loss, log_fid, standard)
 
 
 def residual_ss(params: np.ndarray, losses: np.ndarray) -> tuple[float, int]:
