@@ -61,6 +61,16 @@ def _same_lr_until(branch: LRSchedule, trunk: LRSchedule, step: int) -> bool:
             and branch.warmup == trunk.warmup and step <= trunk.cooldown_start)
 
 
+def branch_point(branch: LRSchedule, trunk: LRSchedule) -> int | None:
+    """The step at which a run with schedule `branch` can restore a checkpoint of a run of the
+    same model with schedule `trunk`: its own cooldown start, when that is past step 0 and the
+    two LRs agree until there; None when it cannot branch."""
+    start = branch.cooldown_start
+    if 0 < start < branch.total_steps and _same_lr_until(branch, trunk, start):
+        return start
+    return None
+
+
 def plan_reuse(runs: Iterable[tuple[str, Hashable, LRSchedule]]) -> ReusePlan:
     """Branches for `runs`, given as (key, group, schedule): runs of one group are the same
     model, batch, seed and data, differing only in length. Each group's longest run (the first of
@@ -73,8 +83,7 @@ def plan_reuse(runs: Iterable[tuple[str, Hashable, LRSchedule]]) -> ReusePlan:
     for members in groups.values():
         trunk_key, trunk = max(members, key=lambda m: m[1].total_steps)
         for key, schedule in members:
-            start = schedule.cooldown_start
-            if key != trunk_key and 0 < start < schedule.total_steps \
-                    and _same_lr_until(schedule, trunk, start):
+            start = branch_point(schedule, trunk)
+            if key != trunk_key and start is not None:
                 branches.append(Branch(key, trunk_key, start, schedule.total_steps))
     return ReusePlan(tuple(branches))

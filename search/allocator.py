@@ -22,14 +22,23 @@ Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling
    budget with trials out waits for them.
 The sizes of steps 1-2 are chosen in search/allocator_sizes.py; the study-wide choice of step 4
 and the stop below in search/allocator_refine.py.
-Never the same size twice at a budget. Study caps (`max_trials`, `max_flops` as the sum of trial
-budgets) stop new trials. With target "a" and `exponent_tolerance`, the study stops once the N_opt
-exponent's 95% interval is within +- that and 3 budgets have optima; with target "n_opt", once
+Never the same size twice at a budget. Study caps (`max_trials`, `max_flops` as the FLOPs the
+trials train) stop new trials. With target "a" and `exponent_tolerance`, the study stops once the
+N_opt exponent's 95% interval is within +- that and 3 budgets have optima; with target "n_opt", once
 N_opt(target_budget)'s 95% interval is within +-tolerance. Either interval is the study's final fit
 (`fit_laws` with the service's FitOptions) on the trials finished so far, so the stop and the
 logged laws agree. Every decision is a `Decision`, kept in order with the interval before it and,
 once the trials it added are back, after it. The state is plain data (`get_state`/`set_state`) for
 Tune's restore.
+
+With run reuse (`trainer.reuse = "cooldown"`) a size already issued at a larger budget is its
+trunk: the same size at a smaller budget branches off it, restoring its checkpoint at the
+branch's cooldown start and training only the cooldown, so it costs that share of its budget's
+FLOPs. Step 4 weighs each candidate by what it would train, so a size that has a trunk buys about
+1 / cooldown_fraction as much error reduction per FLOP. A branch is served once its trunk has
+reported the branch step or ended (a branch whose trunk failed trains from scratch); every trunk
+keeps a checkpoint at each smaller budget's branch point (`search.branches.trunk_points`), since
+its branches are chosen while it runs.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from search.allocator_state import (  # noqa: F401  (re-exported)
     human,
     sizes_text,
 )
+from search.branches import branch_step, trunk_points
 from search.catalogue import (  # noqa: F401  (re-exported: the allocator's public names)
     MIN_STEPS,
     Prior,
@@ -61,7 +71,9 @@ from search.catalogue import (  # noqa: F401  (re-exported: the allocator's publ
     resolve_prior,
 )
 from search.design import Z95, Parabola, fit_parabola, vertex_terms
+from search.grid import TrialSpec, plan, trial_config
 from search.proposal import FINISHED  # what `suggest` returns when nothing is left to run
+from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
 from search.spec import StudySpec
 
 LAW_EXPONENT_RANGE = (0.25, 0.9)  # a law through 2 close budgets can point anywhere: clamp it
@@ -85,19 +97,22 @@ class Allocator:
         self.flops_issued = 0.0
         self.stopped: str | None = None
         self._fits: dict[float, Parabola | None] = {}
+        self.reuse = spec.trainer.reuse == "cooldown"
+        self.reached: dict[str, int] = {}  # trial key -> last step it reported (run reuse)
 
     # -- Tune-facing ----------------------------------------------------------------------------
     def suggest(self) -> Point | str | None:
         """The next trial to start, None to wait for results, or FINISHED."""
         while True:
             for b in self.open_budgets():
-                while b.queue and self.stopped is None:
-                    if not self._affordable(b.compute):
+                while self.stopped is None and (p := self._next_ready(b)) is not None:
+                    cost = self.cost(b.compute, p)
+                    if not self._affordable(cost):
                         break
-                    p = b.points[b.queue.pop(0)]
+                    b.queue.remove(p.key)
                     p.state = "running"
                     self.trials_issued += 1
-                    self.flops_issued += b.compute
+                    self.flops_issued += cost
                     return p
             if self.stopped is None:
                 waiting = [b for b in self.budgets.values() if b.status == "waiting"]
@@ -127,9 +142,88 @@ class Allocator:
             self._decide(b)
         check_target(self)
 
+    def config(self, p: Point) -> dict:
+        """The trial config of an issued point (`search.grid.trial_config`), with its branch
+        fields under run reuse: a branch's trunk and step, or the steps a trunk keeps."""
+        compute, _ = self.trial_of(p.key)
+        trial = self._trial(compute, p.index)
+        config = trial_config(self.spec, self.catalogue.template, trial)
+        if p.trunk is not None:
+            config.update({BRANCH_OF: p.trunk, BRANCH_STEP: p.branch_step})
+        elif self.reuse and (points := trunk_points(self.spec, self.catalogue.template, trial)):
+            config[BRANCH_POINTS] = points
+        return config
+
+    def progress(self, key: str, step: int) -> None:
+        """A running trial reported optimizer step `step` (its branches wait for it)."""
+        self.reached[key] = max(self.reached.get(key, 0), int(step))
+
     def trial_of(self, key: str) -> tuple[float, Point]:
         b, p = self._find(key)
         return b.compute, p
+
+    # -- run reuse --------------------------------------------------------------------------------
+    def trunk_for(self, compute: float, index: int) -> tuple[str, int] | None:
+        """With run reuse: (trunk key, branch step) for size `index` at budget `compute`, the same
+        size issued and not failed at a larger budget (itself no branch): a finished one before a
+        running one before a queued one, then the largest budget; None without one, or when the
+        schedules do not allow a branch."""
+        if not self.reuse:
+            return None
+        order = {"finished": 2, "running": 1, "queued": 0}
+        found = [(order[p.state], c, p) for c, b in self.budgets.items() if c > compute
+                 and (p := b.points.get(self._key(c, index))) is not None
+                 and p.trunk is None and p.state in order and not self._gone(p)]
+        if not found:
+            return None
+        _, c, trunk = max(found, key=lambda f: f[:2])
+        step = branch_step(self.spec, self.catalogue.template, self._trial(compute, index),
+                           self._trial(c, index))
+        return None if step is None else (trunk.key, step)
+
+    def cost(self, compute: float, p: Point) -> float:
+        """FLOPs point `p` of budget `compute` trains: its budget's, or a branch's cooldown share
+        of them."""
+        if p.trunk is None or not p.branch_step:
+            return compute
+        steps = plan(self.spec, self.catalogue.template, self._trial(compute, p.index)).steps
+        return compute * (steps - p.branch_step) / steps
+
+    def candidate_cost(self, compute: float, index: int) -> float:
+        """FLOPs a new trial of size `index` at budget `compute` would train (see `cost`)."""
+        found = self.trunk_for(compute, index)
+        point = Point("", index, int(self.catalogue.params[index]))
+        if found is not None:
+            point.trunk, point.branch_step = found
+        return self.cost(compute, point)
+
+    def _trial(self, compute: float, index: int) -> TrialSpec:
+        return TrialSpec(compute, self.catalogue.shapes[index], int(self.catalogue.params[index]))
+
+    def _gone(self, p: Point) -> bool:
+        """A queued trial that will never run: its budget closed, or the study stopped."""
+        return p.state == "queued" and not any(p.key in b.queue for b in self.budgets.values())
+
+    def _next_ready(self, b: Budget) -> Point | None:
+        """The first queued trial of `b` that can start: any but a branch whose trunk has not yet
+        reported its branch step (a branch whose trunk failed trains from scratch)."""
+        for key in b.queue:
+            p = b.points[key]
+            if p.trunk is None:
+                return p
+            trunk = next((b.points[p.trunk] for b in self.budgets.values()
+                          if p.trunk in b.points), None)
+            if trunk is None or trunk.state == "failed" or self._gone(trunk):
+                p.trunk = p.branch_step = None
+                return p
+            if trunk.state == "finished" or self.reached.get(trunk.key, 0) >= p.branch_step:
+                return p
+        return None
+
+    def waiting_branches(self) -> list[tuple[str, int]]:
+        """(trunk key, branch step) of every queued branch still waiting for its trunk."""
+        return [(p.trunk, p.branch_step) for b in self.open_budgets() for key in b.queue
+                if (p := b.points[key]).trunk is not None]
 
     # -- refine: seed a finished study and reopen chosen budgets -------------------------------
     def seed(self, results: list[tuple[float, int, float | None]]) -> None:
@@ -174,7 +268,7 @@ class Allocator:
                         for b in self.budgets.values()],
             "decisions": [asdict(d) for d in self.decisions],
             "trials_issued": self.trials_issued, "flops_issued": self.flops_issued,
-            "stopped": self.stopped, "tolerance": self.tolerance,
+            "stopped": self.stopped, "tolerance": self.tolerance, "reached": dict(self.reached),
         }
 
     def set_state(self, state: dict) -> None:
@@ -191,6 +285,7 @@ class Allocator:
         self.flops_issued = state["flops_issued"]
         self.stopped = state["stopped"]
         self.tolerance = state["tolerance"]
+        self.reached = dict(state.get("reached", {}))
         self._fits.clear()
 
     # -- queries ----------------------------------------------------------------------------------
@@ -237,12 +332,12 @@ class Allocator:
         s = self.catalogue.shapes[index]
         return f"C{budget:.4g}-d{s.depth}w{s.width}h{s.heads}".replace("+", "")
 
-    def _affordable(self, budget: float) -> bool:
+    def _affordable(self, flops: float) -> bool:
         a = self.a
         if a.max_trials and self.trials_issued >= a.max_trials:
             self.stop(f"trial cap {a.max_trials} reached")
             return False
-        if a.max_flops and self.flops_issued + budget > a.max_flops * (1 + 1e-9):
+        if a.max_flops and self.flops_issued + flops > a.max_flops * (1 + 1e-9):
             self.stop(f"FLOPs cap {a.max_flops:.3g} reached ({self.flops_issued:.3g} FLOPs "
                        "issued)")
             return False
@@ -288,7 +383,10 @@ class Allocator:
             key = self._key(b.compute, i)
             if key in b.points:
                 continue
-            b.points[key] = Point(key, int(i), int(self.catalogue.params[i]))
+            p = b.points[key] = Point(key, int(i), int(self.catalogue.params[i]))
+            found = self.trunk_for(b.compute, int(i))
+            if found is not None:
+                p.trunk, p.branch_step = found
             b.queue.append(key)
             sizes.append(int(self.catalogue.params[i]))
         return sizes

@@ -57,8 +57,12 @@ def study_designs(alloc: Allocator, eligible: list[Budget]
         # other side: a size that far out can only be balanced by its mirror image.
         reach = max(design.window(sigma), float(np.max(np.abs(x - centre))))
         free = free[np.abs(alloc.catalogue.log_n[free] - centre) <= reach]
+        costs = np.array([alloc.candidate_cost(b.compute, int(i)) for i in free])
+        if alloc.a.max_flops:  # what is left of the FLOPs cap
+            keep = alloc.flops_issued + costs <= alloc.a.max_flops * (1 + 1e-9)
+            free, costs = free[keep], costs[keep]
         designs.append(BudgetDesign(b.compute, weights[b.compute], x, centre, c2,
-                                    sigma * f.loss_opt, alloc.catalogue.log_n[free]))
+                                    sigma * f.loss_opt, alloc.catalogue.log_n[free], costs))
         budgets.append(b)
         indices.append(free)
     return designs, budgets, indices
@@ -87,8 +91,9 @@ def refine(alloc: Allocator) -> bool:
             return False
         if b.busy and not alloc.a.speculate:
             return False
-        if alloc.a.max_flops and alloc.flops_issued + b.compute > alloc.a.max_flops * (1 + 1e-9):
-            return False  # what is left of the FLOPs cap buys cheaper budgets' trials
+        least = b.compute * (alloc.spec.trainer.cooldown_fraction if alloc.reuse else 1.0)
+        if alloc.a.max_flops and alloc.flops_issued + least > alloc.a.max_flops * (1 + 1e-9):
+            return False  # what is left of the FLOPs cap buys cheaper trials
         return not (b.busy and alloc.budget_done(b, fit))
 
     ready = [b for b in alloc.open_budgets() if eligible(b)]

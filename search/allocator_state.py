@@ -35,6 +35,8 @@ class Point:
     params: int
     state: str = "queued"  # queued | running | finished | failed
     loss: float | None = None
+    trunk: str | None = None  # with run reuse: the key of the run it branches off
+    branch_step: int | None = None  # ... and the step it restores that run's checkpoint at
 
 
 @dataclass

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from scaling.model import DiTConfig
-from scaling.reuse import ReusePlan, plan_reuse
+from scaling.reuse import ReusePlan, branch_point, plan_reuse
 from scaling.schedule import LRSchedule
-from search.grid import TrialSpec, plan
+from search.grid import MIN_STEPS, TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.proposal import FINISHED, Proposer
 from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
@@ -44,6 +44,29 @@ def reuse_plan(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec]) ->
         return ReusePlan()
     return plan_reuse((t.key, (t.shape, t.repeat), trial_schedule(spec, template, t))
                       for t in trials)
+
+
+def branch_step(spec: StudySpec, template: DiTConfig, branch: TrialSpec,
+                trunk: TrialSpec) -> int | None:
+    """The step at which `branch` restores `trunk` (the same shape at a larger budget), or None
+    when their schedules do not allow it (see `scaling.reuse.branch_point`)."""
+    return branch_point(trial_schedule(spec, template, branch),
+                        trial_schedule(spec, template, trunk))
+
+
+def trunk_points(spec: StudySpec, template: DiTConfig, trial: TrialSpec) -> list[int]:
+    """The steps at which `trial` saves a checkpoint so that the same shape at any smaller budget
+    of the spec can branch off it: the adaptive allocator chooses its branches after their trunk
+    has started, so a trunk keeps every point a branch could need."""
+    steps = set()
+    for budget in spec.budgets:
+        if budget < trial.budget:
+            branch = replace(trial, budget=float(budget))
+            if plan(spec, template, branch).steps >= MIN_STEPS:
+                step = branch_step(spec, template, branch, trial)
+                if step is not None:
+                    steps.add(step)
+    return sorted(steps)
 
 
 def with_branches(configs: list[dict], reuse: ReusePlan) -> list[dict]:

@@ -30,7 +30,8 @@ Candidate sizes stay within `window(noise)` of the centre (MAX_WINDOW at 0.5% no
 noise grows), or as far as the design already reaches on the other side, so that a size placed far
 out can be mirrored.
 
-Choice: the candidate (budget, size) that most reduces that expected squared error per FLOP.
+Choice: the candidate (budget, size) that most reduces that expected squared error per FLOP it
+trains (with run reuse, a branch trains only its cooldown).
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def target_weights(log_c: np.ndarray, target: str, log_target: float | None = No
 class BudgetDesign:
     """One budget as the criterion sees it: its FLOPs, its place in the line, the design so far
     (ln N of sizes finished, running or queued), its vertex (ln N), curvature c2 (loss per
-    (ln N)^2), noise sd sigma (loss) and the candidate sizes (ln N) it may still train."""
+    (ln N)^2), noise sd sigma (loss), the candidate sizes (ln N) it may still train and what
+    each would train (FLOPs: less than the budget for a branch off a trunk, with run reuse)."""
 
     compute: float
     weight: float  # h_i
@@ -178,6 +180,7 @@ class BudgetDesign:
     curvature: float
     sigma: float
     candidates: np.ndarray
+    costs: np.ndarray | None = None  # FLOPs each candidate trains (None: the budget's, each)
 
     def variance(self) -> tuple[np.ndarray, np.ndarray]:
         """Vertex variance (ln N squared) and window bias (ln N), now and with each candidate
@@ -234,7 +237,7 @@ def choose(designs: list[BudgetDesign], kappa: float | None = None) -> Choice | 
             continue
         after = _error(designs, terms, kappa, i)
         with np.errstate(invalid="ignore"):
-            gain = (before - after) / d.compute
+            gain = (before - after) / (d.compute if d.costs is None else d.costs)
         gain = np.where(np.isfinite(gain), gain, -np.inf)
         j = int(np.argmax(gain))
         if gain[j] > 0 and (best is None or gain[j] > best.gain_per_flop):

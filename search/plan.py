@@ -52,8 +52,8 @@ def simulated_template(spec: StudySpec) -> DiTConfig:
 @dataclass(frozen=True)
 class SimTrial:
     """One simulated trial: budget and FLOPs of its isoFLOP point (FLOPs), params N, tokens D,
-    loss, GPUs, its virtual start and end (seconds) and the FLOPs it trained (a cooldown
-    branch's cooldown only)."""
+    loss, GPUs, its virtual start and end (seconds), the FLOPs it trained (a cooldown branch's
+    cooldown only) and the trial it branched off."""
 
     key: str
     budget: float
@@ -65,6 +65,7 @@ class SimTrial:
     start: float
     end: float
     trained: float
+    trunk: str | None = None  # the key of the trial it branched off (run reuse)
 
 
 @dataclass(frozen=True)
@@ -158,16 +159,18 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
     trials: list[SimTrial] = []
     started: dict[str, tuple[float, float, int]] = {}  # key -> virtual start, end, steps
 
+    def passes(trunk: str, step: int) -> float | None:
+        """When a trunk passes `step` on the virtual clock (None while it has not started)."""
+        if trunk not in started:
+            return None
+        start, end, steps = started[trunk]
+        return start + (end - start) * step / steps
+
     def ready_at(config: dict) -> float | None:
         """When a pending trial may start: a branch once its trunk has passed its branch step
         (None while the trunk has not started)."""
         trunk = config.get(BRANCH_OF)
-        if trunk is None:
-            return clock
-        if trunk not in started:
-            return None
-        start, end, steps = started[trunk]
-        return start + (end - start) * int(config[BRANCH_STEP]) / steps
+        return clock if trunk is None else passes(trunk, int(config[BRANCH_STEP]))
 
     while True:
         while len(running) + len(waiting) < concurrency:
@@ -178,12 +181,13 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
                     break
                 waiting.append(pending.pop(index))
                 continue
+            for key, (start, end, steps) in started.items():  # what each trial has reached
+                done = 1.0 if clock >= end else (clock - start) / (end - start)
+                allocator.progress(key, math.floor(steps * done + 1e-9))
             point = allocator.suggest()
             if point is None or point == FINISHED:
                 break
-            budget, _ = allocator.trial_of(point.key)
-            trial = TrialSpec(budget, allocator.catalogue.shapes[point.index], point.params)
-            waiting.append(trial_config(sim_spec, template, trial))
+            waiting.append(allocator.config(point))
         for config in list(waiting):
             need = int(config["gpus"]) if gpus else 0
             if need > free:
@@ -199,7 +203,7 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
             trials.append(SimTrial(config["trial_key"], float(config["budget"]),
                                    int(config["params"]), int(config["tokens"]),
                                    float(config["flops"]), loss, int(config["gpus"]), clock, end,
-                                   trained_flops(config)))
+                                   trained_flops(config), config.get(BRANCH_OF)))
         if not running:
             if second_round and not waiting:
                 second_round = False
@@ -210,6 +214,9 @@ def simulate_study(spec: StudySpec, template: DiTConfig, prior: Prior, strategy:
             break
         # a slot is free and a branch becomes ready before the next trial ends: start it then
         soon = [t for c in pending if (t := ready_at(c)) is not None and t > clock]
+        if allocator is not None:
+            soon += [t for trunk, step in allocator.waiting_branches()
+                     if (t := passes(trunk, step)) is not None and t > clock]
         if soon and min(soon) < running[0][0] and len(running) + len(waiting) < concurrency:
             clock = min(soon)
             continue
@@ -321,7 +328,8 @@ class PlanReport:
                    f"x{s.model.size_spacing:g} around the same prior")
                 + (f", each size trained once: the other budgets branch off it and train their "
                    f"cooldown ({s.trainer.cooldown_fraction:.0%} of their steps, loss gap "
-                   f"{s.trainer.cooldown_gap:+.2%})" if s.trainer.reuse == "cooldown" else "")]
+                   f"{s.trainer.cooldown_gap:+.2%}); the allocator branches a size off its run at "
+                   "a larger budget when it has one" if s.trainer.reuse == "cooldown" else "")]
         names = list(self.runs)
         sums = {n: self.summary(n) for n in names}
         rows = [("", *[{"adaptive": "adaptive allocator", "fixed": "fixed grid",

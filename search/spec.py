@@ -117,9 +117,6 @@ class StudySpec(_Frozen):
         if t.schedule != "constant_cooldown" or t.cooldown_fraction == 0:
             raise ValueError("trainer.reuse = 'cooldown' needs schedule = 'constant_cooldown' "
                              "with cooldown_fraction > 0: branches share the constant phase")
-        if self.allocator.kind != "fixed":
-            raise ValueError("trainer.reuse = 'cooldown' needs allocator.kind = 'fixed': the "
-                             "branches are planned from the whole grid before it starts")
         if t.lr_sweep is not None:
             raise ValueError("trainer.reuse = 'cooldown' and trainer.lr_sweep cannot be combined: "
                              "the branches are planned from the LR rule before the sweep fits it")

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -199,6 +200,17 @@ def test_the_criterion_prefers_the_size_that_most_reduces_variance_per_flop():
     lopsided = [design(1e17, -1.0, [-0.5, 0.0, 0.5, 1.5, 2.0]), design(1e17, 1.0, sizes)]
     biased = choose(lopsided, kappa=1.0)
     assert biased.budget == 0 and lopsided[0].candidates[biased.candidate] < 0
+    # With run reuse a candidate costs what it trains: a size that branches off a trunk at a
+    # larger budget (its cooldown, a fifth of the FLOPs) beats the best size from scratch of a
+    # budget alike in every other way.
+    reuse = design(1e18, 1.0, sizes)
+    costs = np.full(reuse.candidates.size, 1e18)
+    trunk = int(np.argmin(np.abs(reuse.candidates - 1.5)))  # not the best size from scratch
+    costs[trunk] = 0.2e18
+    c = choose([design(1e18, -1.0, sizes), replace(reuse, costs=costs)], kappa=0.0)
+    assert (c.budget, c.candidate) == (1, trunk)
+    plain = choose([design(1e18, -1.0, sizes), reuse], kappa=0.0)
+    assert (plain.budget, plain.candidate) != (1, trunk)
 
 
 def test_target_weights_are_the_least_squares_line():

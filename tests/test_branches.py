@@ -86,10 +86,75 @@ def test_what_reuse_needs_is_named(trainer, expected):
         spec(**trainer)
 
 
-def test_reuse_is_for_the_fixed_grid():
-    with pytest.raises(SpecError, match="needs allocator.kind = 'fixed'"):
-        parse_spec({"name": "b", "budgets": [1e11, 1e12], "allocator": {"kind": "adaptive"},
-                    "trainer": {"reuse": "cooldown"}})
+def paper_spec(reuse: str, seed: int = 0):
+    base = load_spec(ROOT / "search" / "studies" / "paper.toml")
+    return base.model_copy(update={"seed": seed, "trainer": base.trainer.model_copy(
+        update={"reuse": reuse})})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_allocator_branches_sizes_off_their_trunks_and_pays_only_their_cooldown(seed):
+    spec = paper_spec("cooldown", seed)
+    sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
+                         SURFACES["paper"], fit=False)
+    trials = {t.key: t for t in sim.trials}
+    branches = [t for t in sim.trials if t.trunk is not None]
+    assert branches and sim.flops < sim.point_flops
+    for t in branches:
+        trunk = trials[t.trunk]
+        # the same shape at a larger budget, trained whole, and past the branch point by then
+        assert trunk.key.split("-", 1)[1] == t.key.split("-", 1)[1]
+        assert trunk.budget > t.budget and trunk.trunk is None
+        assert trunk.trained == pytest.approx(trunk.flops)
+        assert trunk.start < t.start
+        # only its cooldown: the last 20% of its steps
+        assert t.trained / t.flops == pytest.approx(0.2, abs=0.01)
+    assert all(t.trained == pytest.approx(t.flops) for t in sim.trials if t.trunk is None)
+    # never the same size twice at a budget
+    assert len({(t.budget, t.params) for t in sim.trials}) == len(sim.trials)
+    # without reuse the same spec trains every point whole
+    plain = simulate_study(paper_spec("off", seed), simulated_template(spec), resolve_prior(spec),
+                           "adaptive", SURFACES["paper"], fit=False)
+    assert all(t.trunk is None and t.trained == pytest.approx(t.flops) for t in plain.trials)
+
+
+def test_a_branch_of_the_allocator_waits_for_its_trunk_to_pass_its_step():
+    from search.study.proposers import AllocatorProposer
+
+    spec = paper_spec("cooldown")
+    proposer = AllocatorProposer(spec, simulated_template(spec), resolve_prior(spec))
+    alloc = proposer.allocator
+    issued = {}
+    while (config := proposer.suggest(str(len(issued)))) not in (None, FINISHED):
+        issued[str(len(issued))] = config
+    # every budget opens before any trial is back; each trial of the largest keeps a
+    # checkpoint for every smaller budget its size can train, and none is a branch yet
+    assert {c["budget"] for c in issued.values()} == set(spec.budgets)
+    assert not any(BRANCH_OF in c for c in issued.values())
+    budget = alloc.budgets[3e18]
+    first = next(c for c in issued.values() if c["budget"] == 6e18
+                 and alloc._key(3e18, alloc.trial_of(c["trial_key"])[1].index)
+                 not in budget.points)
+    assert len(first[BRANCH_POINTS]) >= 3
+    # add at 3e18 a size that a 6e18 trial already trains
+    _, point = alloc.trial_of(first["trial_key"])
+    assert alloc.propose(budget, [point.index])
+    branch = budget.points[alloc._key(3e18, point.index)]
+    assert branch.trunk == first["trial_key"] and branch.branch_step in first[BRANCH_POINTS]
+    assert alloc.cost(3e18, branch) == pytest.approx(0.2 * 3e18, rel=0.01)
+    assert alloc.candidate_cost(3e18, point.index) == alloc.cost(3e18, branch)
+    budget.queue.remove(branch.key)
+    budget.queue.insert(0, branch.key)
+    trunk_id = next(i for i, c in issued.items() if c["trial_key"] == first["trial_key"])
+    proposer.on_trial_result(trunk_id, {"step": branch.branch_step - 1})
+    assert alloc._next_ready(budget) is not branch
+    restored = AllocatorProposer(spec, simulated_template(spec), resolve_prior(spec))
+    restored.set_state(proposer.get_state())  # a new driver goes on from the same state
+    restored.on_trial_result(trunk_id, {"step": branch.branch_step})
+    ready = restored.allocator._next_ready(restored.allocator.budgets[3e18])
+    assert ready is not None and ready.key == branch.key
+    config = restored.allocator.config(ready)
+    assert config[BRANCH_OF] == first["trial_key"] and config[BRANCH_STEP] == branch.branch_step
 
 
 STUDY = """
@@ -232,3 +297,4 @@ def test_a_simulated_study_with_reuse_runs_its_branches_after_their_trunks_as_pl
         assert run.data.params["reuse"] == ("branch" if share < 1 else "trunk")
         assert float(run.data.params["gpu_hours"]) == pytest.approx(
             t.trained / (989e12 * 0.4) / 3600, rel=1e-5)
+

@@ -1,6 +1,7 @@
 """A simulated study end to end on a real local Ray and SQLite MLflow store: the adaptive
-allocator recovers the `paper` surface's exponent, a plan predicts the run trial by trial, and
-`refine` tightens a chosen budget under the same study run."""
+allocator, with run reuse, recovers the `paper` surface's exponent, a plan predicts the run trial
+by trial (its cooldown branches too), and `refine` tightens a chosen budget under the same study
+run."""
 
 import json
 
@@ -13,6 +14,7 @@ from search.allocator import resolve_prior
 from search.cli import main
 from search.driver import DECISIONS_FILE
 from search.plan import simulate_study, simulated_template
+from search.records import BRANCH_OF
 from search.spec import load_spec
 from search.tracking import Tracking
 from search.trial_log import ATTEMPTS
@@ -32,6 +34,7 @@ def study(tmp_path_factory, run_study):
         surface = "paper"
         batch_size = 256
         reports = 5
+        reuse = "cooldown"
         [allocator]
         kind = "adaptive"
         prior = "paper"
@@ -63,11 +66,21 @@ def test_trial_runs_are_nested_with_curves_and_a_plan_predicts_them(study):
     assert len(tracking.client.get_metric_history(r.run_id, "loss")) == 5
     run = tracking.client.get_run(r.run_id)
     assert run.data.tags[ATTEMPTS] == "1"
-    # One trial at a time, the run decides exactly as the in-process simulation does.
+    # One trial at a time, the run decides exactly as the in-process simulation does, and
+    # branches the same sizes off the same trunks (run reuse), paying only their cooldown.
     spec = load_spec(spec_path)
     sim = simulate_study(spec, simulated_template(spec), resolve_prior(spec), "adaptive",
                          SURFACES["paper"], concurrency=1, fit=False)
     assert sorted(t.key for t in sim.trials) == sorted(r.trial_key for r in records)
+    params = {r.trial_key: r.params for r in records}
+    assert any(t.trunk for t in sim.trials)
+    for t in sim.trials:
+        if t.trunk is None:
+            assert params[t.key]["reuse"] in ("trunk", "from scratch")
+        else:
+            assert params[t.key]["reuse"] == "branch" and params[t.key][BRANCH_OF] == t.trunk
+            assert float(params[t.key]["gpu_hours"]) == pytest.approx(
+                t.trained / (989e12 * 0.4) / 3600, rel=1e-5)
 
 
 def test_decisions_are_logged_as_a_table(study, tmp_path):

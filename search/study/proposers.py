@@ -56,10 +56,13 @@ class AllocatorProposer(Proposer):
         point = self.allocator.suggest()
         if point is None or point == FINISHED:
             return point
-        budget, _ = self.allocator.trial_of(point.key)
-        shape = self.allocator.catalogue.shapes[point.index]
         self.issued[trial_id] = point.key
-        return trial_config(self.spec, self.template, TrialSpec(budget, shape, point.params))
+        return self.allocator.config(point)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        key = self.issued.get(trial_id)
+        if key is not None and "step" in result:
+            self.allocator.progress(key, int(result["step"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
