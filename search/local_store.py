@@ -17,7 +17,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from search.errors import TrackingError
-from search.records import KIND, PARENT, STATUS, TRIAL_KEY, TrialRecord, latest_study_run
+from search.records import (
+    KIND,
+    PARENT,
+    STATUS,
+    STUDY_RUN,
+    TRIAL_KEY,
+    TrialRecord,
+    latest_study_run,
+)
 from search.store import sqlite_path
 
 # The columns read, per table; a store without any of them is left to MLflow.
@@ -78,11 +86,14 @@ class LocalStore:
         return latest_study_run(self.study_runs(study), study, self.uri, with_laws)
 
     def trial_records(self, study_run_id: str, experiment_id: str) -> list[TrialRecord]:
+        # tagged with the study run (branches nest under their trunk's run), or, in stores
+        # written before that tag, its children
+        runs = {r.info.run_id: r for tag in (STUDY_RUN, PARENT)
+                for r in self._runs(experiment_id, tag, study_run_id)}
         return [TrialRecord(r.info.run_id, r.data.tags.get(TRIAL_KEY, r.info.run_name),
                             r.data.tags.get(STATUS, r.info.status.lower()), r.data.params,
                             r.data.metrics)
-                for r in self._runs(experiment_id, PARENT, study_run_id)
-                if r.data.tags.get(KIND) == "trial"]
+                for r in runs.values() if r.data.tags.get(KIND) == "trial"]
 
     def download_text(self, run_id: str, name: str, dst: Path | None = None) -> str:
         """The text of one artifact of the run, read where it lies (`dst` is not needed)."""

@@ -19,6 +19,9 @@ BUDGET = "dit.budget"
 STATUS = "dit.status"  # running, finished, failed, diverged
 LAWS_TAG = "dit.laws"  # "1" once the study run holds fitted laws
 PARENT = "mlflow.parentRunId"
+# A trial run's study run: its parent, or for a cooldown branch its trunk's parent (a branch is
+# nested under its trunk's run). Stores written before this tag hold only the parent.
+STUDY_RUN = "dit.study_run"
 LAWS_FILE = "laws.json"
 # A trial's run-reuse fields (its Tune config keys and MLflow params): the steps at which a trunk
 # leaves a checkpoint for its branches; a branch's trunk key and the step it restores

@@ -28,6 +28,7 @@ from search.records import (  # noqa: F401  (the tag names are imported from her
     PARENT,
     STATUS,
     STUDY,
+    STUDY_RUN,
     TRIAL_KEY,
     TrialRecord,
     latest_study_run,
@@ -107,28 +108,39 @@ class Tracking:
 
     # -- trial runs --------------------------------------------------------------------------
     def trial_run(self, study: str, study_run_id: str, trial_key: str, params: dict[str, str],
-                  budget: float, tags: dict[str, str] | None = None, known_new: bool = False
-                  ) -> str:
+                  budget: float, tags: dict[str, str] | None = None, known_new: bool = False,
+                  trunk: str | None = None) -> str:
         """The run id of this trial under the study run, created (with `tags` beside the
         service's own) on first call; the one place trial runs are created. `known_new`: the
-        caller knows there is none yet, so no search is made."""
+        caller knows there is none yet, so no search is made. `trunk`: the trial key of the run a
+        cooldown branch restores, under whose run the branch's run is nested when it exists."""
         exp = self.experiment_id(study)
         if not known_new:
-            found = self.client.search_runs(
-                [exp],
-                f"tags.`{PARENT}` = '{study_run_id}' and tags.`{TRIAL_KEY}` = '{trial_key}'")
+            found = self.study_trial_runs(exp, study_run_id, f"tags.`{TRIAL_KEY}` = '{trial_key}'")
             if found:
                 return found[0].info.run_id
+        parent = study_run_id
+        if trunk is not None:
+            found = self.study_trial_runs(exp, study_run_id, f"tags.`{TRIAL_KEY}` = '{trunk}'")
+            parent = found[0].info.run_id if found else study_run_id
         run = self.client.create_run(exp, run_name=trial_key, tags={
-            PARENT: study_run_id, KIND: "trial", STUDY: study, TRIAL_KEY: trial_key,
-            BUDGET: f"{budget:.6g}", STATUS: "running", **(tags or {})})
+            PARENT: parent, STUDY_RUN: study_run_id, KIND: "trial", STUDY: study,
+            TRIAL_KEY: trial_key, BUDGET: f"{budget:.6g}", STATUS: "running", **(tags or {})})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
+    def study_trial_runs(self, experiment_id: str, study_run_id: str, where: str = "") -> list:
+        """The study run's runs matching `where`: those tagged with it (branches nest under their
+        trunk's run) and, for stores written before that tag, its children."""
+        found: dict[str, object] = {}
+        for tag in (STUDY_RUN, PARENT):
+            query = f"tags.`{tag}` = '{study_run_id}'" + (f" and {where}" if where else "")
+            for r in self.client.search_runs([experiment_id], query, max_results=50000):
+                found.setdefault(r.info.run_id, r)
+        return list(found.values())
+
     def trial_records(self, study_run_id: str, experiment_id: str) -> list[TrialRecord]:
-        runs = self.client.search_runs(
-            [experiment_id], f"tags.`{PARENT}` = '{study_run_id}' and tags.`{KIND}` = 'trial'",
-            max_results=50000)
+        runs = self.study_trial_runs(experiment_id, study_run_id, f"tags.`{KIND}` = 'trial'")
         return [TrialRecord(r.info.run_id, r.data.tags.get(TRIAL_KEY, r.info.run_name),
                             r.data.tags.get(STATUS, r.info.status.lower()), dict(r.data.params),
                             dict(r.data.metrics)) for r in runs]

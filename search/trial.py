@@ -337,7 +337,8 @@ def run_trial(config: dict, ctx: StudyContext) -> None:
     spec = ctx.study_spec
     cfg, params = train_config(ctx, trial, config)
     tracking = Tracking(ctx.tracking_uri)
-    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget)
+    run_id = tracking.trial_run(ctx.study, ctx.study_run_id, key, params, trial.budget,
+                                trunk=config.get(BRANCH_OF))
     done = _finished_before(tracking, run_id)
     if done is not None:
         tune.report({**done, "reused": 1.0})

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from mlflow.entities import Metric, RunTag
 from ray.tune import Callback
 
+from search.records import BRANCH_OF
 from search.tracking import (
     MAX_BATCH,
-    PARENT,
     STATUS,
     TRIAL_KEY,
     Tracking,
@@ -139,7 +139,8 @@ class SimulatedTrialLog(Callback):
             tracking.set_tags(run_id, {ATTEMPTS: attempts + 1, STATUS: "running"})
             return
         run_id = tracking.trial_run(self.study, self.study_run_id, key, self.params_of(config),
-                                    float(config["budget"]), {ATTEMPTS: "1"}, known_new=True)
+                                    float(config["budget"]), {ATTEMPTS: "1"}, known_new=True,
+                                    trunk=config.get(BRANCH_OF))
         runs[key] = [run_id, 1, "running"]
 
     def _write_finish(self, tracking: Tracking, config: dict, history: list[dict],
@@ -190,9 +191,7 @@ class SimulatedTrialLog(Callback):
 def known_trial_runs(tracking: Tracking, study: str, study_run_id: str) -> dict[str, list]:
     """Trial key -> [run id, attempts, status] for the trial runs under a study run."""
     runs = {}
-    for r in tracking.client.search_runs([tracking.experiment_id(study)],
-                                         f"tags.`{PARENT}` = '{study_run_id}'",
-                                         max_results=50000):
+    for r in tracking.study_trial_runs(tracking.experiment_id(study), study_run_id):
         key = r.data.tags.get(TRIAL_KEY)
         if key:
             runs[key] = [r.info.run_id, int(r.data.tags.get(ATTEMPTS, "1")),

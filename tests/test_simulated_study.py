@@ -57,6 +57,7 @@ def test_trial_runs_are_nested_with_curves_and_a_plan_predicts_them(study):
     spec_path, _, uri = study
     tracking = Tracking(uri)
     parent = tracking.latest_study_run("sim")
+    parent_id = parent.info.run_id
     records = tracking.trial_records(parent.info.run_id, parent.info.experiment_id)
     assert records and all(r.status == "finished" for r in records)
     r = records[0]
@@ -73,12 +74,16 @@ def test_trial_runs_are_nested_with_curves_and_a_plan_predicts_them(study):
                          SURFACES["paper"], concurrency=1, fit=False)
     assert sorted(t.key for t in sim.trials) == sorted(r.trial_key for r in records)
     params = {r.trial_key: r.params for r in records}
+    ids = {r.trial_key: r.run_id for r in records}
     assert any(t.trunk for t in sim.trials)
     for t in sim.trials:
+        parent = tracking.client.get_run(ids[t.key]).data.tags["mlflow.parentRunId"]
         if t.trunk is None:
             assert params[t.key]["reuse"] in ("trunk", "from scratch")
+            assert parent == parent_id
         else:
             assert params[t.key]["reuse"] == "branch" and params[t.key][BRANCH_OF] == t.trunk
+            assert parent == ids[t.trunk]  # nested under its trunk's run
             assert float(params[t.key]["gpu_hours"]) == pytest.approx(
                 t.trained / (989e12 * 0.4) / 3600, rel=1e-5)
 

@@ -44,6 +44,27 @@ def test_study_and_trial_runs_nest_and_are_found_again(tracking, tmp_path):
     assert tracking.latest_study_run("s1").info.run_id == study
 
 
+def test_a_branch_nests_under_its_trunk_and_stays_a_trial_of_the_study(tracking):
+    from search.local_store import LocalStore
+
+    study = tracking.start_study_run("nest", {"budgets": "[1e11, 1e12]"})
+    exp = tracking.experiment_id("nest")
+    trunk = tracking.trial_run("nest", study, "C1e12-d1w16h1", {}, 1e12)
+    branch = tracking.trial_run("nest", study, "C1e11-d1w16h1", {}, 1e11, trunk="C1e12-d1w16h1")
+    assert tracking.client.get_run(branch).data.tags[PARENT] == trunk
+    assert tracking.client.get_run(trunk).data.tags[PARENT] == study
+    assert branch == tracking.trial_run("nest", study, "C1e11-d1w16h1", {}, 1e11,
+                                        trunk="C1e12-d1w16h1")  # found again, not duplicated
+    # a store written before trial runs were tagged with their study run: found by the parent
+    legacy = tracking.client.create_run(exp, run_name="C1e11-d1w8h1", tags={
+        PARENT: study, KIND: "trial", "dit.trial_key": "C1e11-d1w8h1"}).info.run_id
+    for reader in (tracking, LocalStore(tracking.uri, sqlite3.connect(
+            tracking.uri.removeprefix("sqlite:///")))):
+        records = reader.trial_records(study, exp)
+        assert sorted(r.run_id for r in records) == sorted([trunk, branch, legacy])
+    assert tracking.trial_run("nest", study, "C1e11-d1w8h1", {}, 1e11) == legacy
+
+
 def test_unknown_study_names_the_store(tracking):
     with pytest.raises(TrackingError, match=r"no study named 'nope' in MLflow at sqlite:///"):
         tracking.experiment_id("nope")
