@@ -126,11 +126,16 @@ def allocator_settings(max_flops: float = 0.0) -> dict:
 
 
 def baselines(surface: str, noise: float, prior: str, seeds: int, draws: int) -> list[tuple]:
+    # The spec names the scenario's prior: with the default prior "none" a fixed grid is centred
+    # on the 6ND heuristic whatever prior the simulation is given.
+    p = scenario_prior(surface, prior)
+    centred = {"kind": "fixed", "prior": "explicit", "prior_coefficient": p.coefficient,
+               "prior_exponent": p.exponent}
     jobs = [(surface, noise, prior, f"fixed {k} x{s:.3g}", "fixed",
-             {"sizes_per_budget": k, "size_spacing": s}, {"kind": "fixed"}, seeds, draws)
+             {"sizes_per_budget": k, "size_spacing": s}, centred, seeds, draws)
             for k, s in GRIDS]
     jobs.append((surface, noise, prior, "two-round 5 x2 + 3 x1.41", "two_round", {},
-                 {"kind": "fixed"}, seeds, draws))
+                 centred, seeds, draws))
     return jobs
 
 

@@ -29,19 +29,21 @@ FLOPs x RMSE^2 over the best from-scratch design's, on the paper's budgets:
     python benchmarks/run_reuse.py --seeds 5 --skip-real
 
 Measured here (2 cores, 20 seeds): every branch ends at exactly its from-scratch validation loss
-(gap 0.0 against a seed spread of 0.5-1.0%), and `reuse/no-reuse FLOPs at equal RMSE: 0.72`, so
-the goal (0.4) is not met. The best design either way is the allocator (RMSE 0.015 on 9.9e19
-FLOPs from scratch; 0.014 on 8.2e19 with reuse, 18% saved, FLOPs x RMSE^2 2.3e16 and 1.6e16);
-the best fixed design is the shared x2 ladder (8 sizes at every budget; RMSE 0.026, 8.8e19 FLOPs
-from scratch, 5.6e19 with reuse, 5.8e16 and 3.7e16); the best centred grid (5 x4) saves 1% with
-reuse, as its sizes rarely repeat. On the paper's budgets no design can reach 0.4: trials at the
-largest budget (6e18) are trained whole, and a design needs at least three of them for a
-parabola there; for the FLOPs it trains with reuse to be 0.4 of those from scratch, those trials
-must be under a quarter of its FLOPs (largest x 1 + 0.2 x rest <= 0.4 x (largest + rest)), while
-the allocator, which reaches the lowest error, spends 55% of its FLOPs there from scratch and
-70% with reuse (medians over 20 seeds). Even a size trained
-at every budget spends (6e18 + 0.2 x 5e18) / 1.26e19 = 0.56 of its from-scratch FLOPs. Eleven
-budgets over the same span save 53%, but give no smaller error than six (RMSE 0.026 both).
+(gap 0.0 against a seed spread of 0.5-1.0%), and `reuse/no-reuse FLOPs at equal RMSE: 0.97`, so
+the goal (0.4) is not met. The best design from scratch is the centred 5 x4 grid (RMSE 0.013 on
+5.5e19 FLOPs, FLOPs x RMSE^2 8.9e15), and with reuse the same grid (8.7e15): its sizes rarely
+repeat across budgets, so it saves 3%. Designs whose sizes repeat save more but err more: the
+shared x2 ladder (8 sizes at every budget) saves 36% at RMSE 0.026 (3.7e16), the allocator 18%
+(RMSE 0.014 on 8.2e19 with reuse against 0.015 on 9.9e19 without; 1.6e16 and 2.3e16). (Grids
+centred on the 6ND heuristic instead of the prior made the centred grids look 3-20x worse and
+gave 0.64 here before.) On the paper's budgets no design can reach 0.4: trials at the largest
+budget (6e18) are trained whole, and a design needs at least three of them for a parabola there;
+for the FLOPs it trains with reuse to be 0.4 of those from scratch, those trials must be under a
+quarter of its FLOPs (largest x 1 + 0.2 x rest <= 0.4 x (largest + rest)), while the allocator
+spends 55% of its FLOPs there from scratch and 70% with reuse (medians over 20 seeds). Even a
+size trained at every budget spends (6e18 + 0.2 x 5e18) / 1.26e19 = 0.56 of its from-scratch
+FLOPs. Eleven budgets over the same span save 53%, but give no smaller error than six (RMSE
+0.026 both).
 """
 
 from __future__ import annotations
@@ -128,11 +130,17 @@ def real_part(out: Path) -> list[tuple[str, float]]:
 DENSE_BUDGETS = [float(f"{c:.2g}") for c in np.geomspace(PAPER_BUDGETS[0], PAPER_BUDGETS[-1], 11)]
 
 
-def sim_spec(model: dict, seed: int, budgets: list[float] = PAPER_BUDGETS) -> StudySpec:
+def sim_spec(model: dict, seed: int, prior: Prior,
+             budgets: list[float] = PAPER_BUDGETS) -> StudySpec:
+    """A fixed-grid study centred on `prior` (with the default prior "none" a grid is centred on
+    the 6ND heuristic whatever prior the simulation is given)."""
     return parse_spec({"name": "reuse", "seed": seed, "budgets": list(budgets),
                        "trainer": {"kind": "simulated", "surface": "paper", "noise": 0.005,
                                    "batch_size": 256},
-                       "model": {"min_params": 1e5, "max_params": 2e10, **model}})
+                       "model": {"min_params": 1e5, "max_params": 2e10, **model},
+                       "allocator": {"kind": "fixed", "prior": "explicit",
+                                     "prior_coefficient": prior.coefficient,
+                                     "prior_exponent": prior.exponent}})
 
 
 def shared_sizes(prior: Prior, spacing: float, half_window: float = 4.0) -> list[float]:
@@ -163,7 +171,7 @@ def simulated_part(seeds: int, draws: int) -> float:
           f"{'saved':>6} {'F x RMSE^2':>10} {'reuse':>9}")
     scratch_best = reuse_best = any_budgets = math.inf
     for name, model, budgets in designs:
-        base = sim_spec(model, 0, budgets)
+        base = sim_spec(model, 0, prior, budgets)
         template = simulated_template(base)
         trials = grid_trials(base, template, prior)
         reusing = base.model_copy(update={"trainer": base.trainer.model_copy(
