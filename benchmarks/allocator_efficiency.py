@@ -29,8 +29,8 @@ level; with 2% noise the allocator's |bias| under a quarter of its median 95% ha
 `allocator RMSE / best fixed RMSE: true prior R1, wrong prior R2 (worst scenarios) coverage: min C`
 (C the allocator's lowest coverage over the scenarios and levels).
 
-Measured on 2 shared cores (`--workers 2`, 22 min): `allocator RMSE / best fixed RMSE: true prior
-1.20, wrong prior 1.88 (worst scenarios) coverage: min 0.90`. Neither goal is met everywhere. With
+Measured on 2 cores (`--workers 2`, 5 min): `allocator RMSE / best fixed RMSE: true prior 1.20,
+wrong prior 1.88 (worst scenarios) coverage: min 0.80`. Neither goal is met everywhere. With
 a true prior the worst level per scenario is 0.58-1.20: above 1.0 on paper at 0.5% (1.08, at the
 cheapest level, where 5 sizes x4 leave it no FLOPs to place) and at 2% (1.12, against the widest
 grid, 9 sizes x4), and on chinchilla at 0.5% (1.20 cheapest, 1.08 at 9.9e19). With a wrong prior
