@@ -26,7 +26,7 @@ from scaling.schedule import LRSchedule
 from search.grid import MIN_STEPS, TrialSpec, plan
 from search.lr_sweep import spec_rule
 from search.proposal import FINISHED, Proposer
-from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
+from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP, TrialRecord
 from search.spec import StudySpec
 
 
@@ -106,8 +106,8 @@ class GridCost:
     def saving(self) -> float:
         return 1.0 - self.trained / self.points if self.points else 0.0
 
-    def line(self) -> str:
-        return (f"reuse: {self.branches} trials branch off {self.trunks} trunks; the grid trains "
+    def line(self, trains: str = "the grid trains") -> str:
+        return (f"reuse: {self.branches} trials branch off {self.trunks} trunks; {trains} "
                 f"{self.trained:.3g} FLOPs for {self.points:.3g} FLOPs of isoFLOP points "
                 f"({self.saving:.0%} saved)")
 
@@ -124,6 +124,24 @@ def grid_cost(spec: StudySpec, template: DiTConfig, trials: list[TrialSpec],
         trained += flops * reuse.trained_fraction(t.key)
     trunks = {b.trunk for b in reuse.branches}
     return GridCost(points, trained, len(reuse.branches), len(trunks))
+
+
+def study_cost(records: list[TrialRecord]) -> GridCost:
+    """What a study's finished trials are worth (their budgets, FLOPs in the study's convention)
+    and what training them cost: a branch only its steps from its branch step on."""
+    points = trained = 0.0
+    branches, trunks = 0, set()
+    for r in records:
+        if r.status != "finished" or "steps" not in r.params:
+            continue
+        budget, steps = float(r.params["budget"]), int(r.params["steps"])
+        start = int(r.params.get(BRANCH_STEP) or 0) if r.params.get("reuse") == "branch" else 0
+        points += budget
+        trained += budget * (steps - start) / steps
+        if start:
+            branches += 1
+            trunks.add(r.params.get(BRANCH_OF))
+    return GridCost(points, trained, branches, len(trunks))
 
 
 def branch_dir(storage_path: str, study: str, study_run_id: str, trunk: str, step: int) -> Path:

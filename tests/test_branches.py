@@ -279,7 +279,9 @@ def test_a_simulated_study_with_reuse_runs_its_branches_after_their_trunks_as_pl
         max_concurrent_trials = 3
     """)
     assert code == 0
-    assert "reuse: 15 trials branch off 5 trunks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "reuse: 15 trials branch off 5 trunks; the grid trains" in printed
+    assert "reuse: 15 trials branch off 5 trunks; the study trained" in printed
     tracking = Tracking(uri)
     parent = tracking.latest_study_run("sr", with_laws=True)
     records = tracking.trial_records(parent.info.run_id, parent.info.experiment_id)

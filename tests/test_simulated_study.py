@@ -86,6 +86,12 @@ def test_trial_runs_are_nested_with_curves_and_a_plan_predicts_them(study):
             assert parent == ids[t.trunk]  # nested under its trunk's run
             assert float(params[t.key]["gpu_hours"]) == pytest.approx(
                 t.trained / (989e12 * 0.4) / 3600, rel=1e-5)
+    # the study run holds what its points are worth and what training them cost
+    m = tracking.client.get_run(parent_id).data.metrics
+    assert m["flops_points"] == pytest.approx(sum(t.budget for t in sim.trials))
+    assert m["flops_trained"] == pytest.approx(sum(t.budget * t.trained / t.flops
+                                                   for t in sim.trials))
+    assert m["flops_trained"] < m["flops_points"]
 
 
 def test_decisions_are_logged_as_a_table(study, tmp_path):

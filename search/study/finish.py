@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ray.tune.search import Searcher
 
+from search.branches import study_cost
 from search.results import fit_and_log
 from search.study.execute import Execution
 from search.study.session import StudySession
@@ -59,6 +60,12 @@ def finish(session: StudySession, execution: Execution, t0: float,
     if decisions:
         tracking.client.log_text(session.study_run_id, json.dumps(decisions, indent=1),
                                  DECISIONS_FILE)
+    if session.spec.trainer.reuse == "cooldown":
+        cost = study_cost(tracking.trial_records(session.study_run_id,
+                                                 tracking.experiment_id(session.spec.name)))
+        out(cost.line("the study trained"))
+        tracking.log_metrics(session.study_run_id, {"flops_points": cost.points,
+                                                    "flops_trained": cost.trained})
     laws_text, figures = fit_and_log(tracking, session.spec, session.study_run_id, out,
                                      session.info.content_hash if session.info else None)
     startup = progress.startup_seconds()
