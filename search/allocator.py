@@ -211,8 +211,8 @@ class Allocator:
             p = b.points[key]
             if p.trunk is None:
                 return p
-            trunk = next((b.points[p.trunk] for b in self.budgets.values()
-                          if p.trunk in b.points), None)
+            trunk = next((other.points[p.trunk] for other in self.budgets.values()
+                          if p.trunk in other.points), None)
             if trunk is None or trunk.state == "failed" or self._gone(trunk):
                 p.trunk = p.branch_step = None
                 return p
