@@ -81,14 +81,12 @@ def log_law(tracking: Tracking, study: str, run_id: str, fit: LawFit, laws_path:
 
 
 def fit_and_log(tracking: Tracking, spec: StudySpec, study_run_id: str,
-                out: Callable[[str], None], dataset_hash: str | None = None
-                ) -> tuple[str, list[Path]]:
-    """Fit the study's finished trials, log laws, table and figures to the study run, and
-    register the law as a new model version."""
+                records: list[TrialRecord], out: Callable[[str], None],
+                dataset_hash: str | None = None) -> tuple[str, list[Path]]:
+    """Fit the study's finished trials (`records`, its trial runs), log laws, table and figures
+    to the study run, and register the law as a new model version."""
     from scaling.figures import isoflop_figure, power_law_figure  # matplotlib: only when fitting
 
-    experiment = tracking.experiment_id(spec.name)
-    records = tracking.trial_records(study_run_id, experiment)
     points, excluded = trial_points(records, spec.metric)
     folder = study_dir(spec)
     folder.mkdir(parents=True, exist_ok=True)

@@ -60,13 +60,14 @@ def finish(session: StudySession, execution: Execution, t0: float,
     if decisions:
         tracking.client.log_text(session.study_run_id, json.dumps(decisions, indent=1),
                                  DECISIONS_FILE)
+    records = tracking.trial_records(session.study_run_id,
+                                     tracking.experiment_id(session.spec.name))
     if session.spec.trainer.reuse == "cooldown":
-        cost = study_cost(tracking.trial_records(session.study_run_id,
-                                                 tracking.experiment_id(session.spec.name)))
+        cost = study_cost(records)
         out(cost.line("the study trained"))
         tracking.log_metrics(session.study_run_id, {"flops_points": cost.points,
                                                     "flops_trained": cost.trained})
-    laws_text, figures = fit_and_log(tracking, session.spec, session.study_run_id, out,
+    laws_text, figures = fit_and_log(tracking, session.spec, session.study_run_id, records, out,
                                      session.info.content_hash if session.info else None)
     startup = progress.startup_seconds()
     if startup:
