@@ -121,6 +121,26 @@ def test_storage_full_is_found_anywhere_in_an_error_chain():
     assert not storage_full(OSError(errno.EACCES, "denied"))
 
 
+def test_only_a_trials_latest_failure_says_the_storage_is_full(tmp_path):
+    from types import SimpleNamespace
+
+    from search.study.backend import StorageGuard
+
+    guard = StorageGuard("file:///data", "s")
+    error = tmp_path / "error.txt"
+    trial = SimpleNamespace(error_file=str(error))
+    # Tune appends each failure: a disk that was full before a resume is not this failure's cause
+    error.write_text("Failure # 1 (occurred at 2026-12-07_12-00-00)\nOSError: [Errno 28] No space "
+                     "left on device\nFailure # 2 (occurred at 2026-12-07_12-05-00)\nValueError: "
+                     "Could not recover from checkpoint\n")
+    guard.on_trial_error(0, [], trial)
+    with open(error, "a") as f:
+        f.write("Failure # 3 (occurred at 2026-12-07_12-06-00)\nOSError: [Errno 28] No space left "
+                "on device\n")
+    with pytest.raises(StorageFullError, match="storage file:///data is full"):
+        guard.on_trial_error(0, [], trial)
+
+
 def test_the_nan_fault_targets_one_study_and_trial():
     assert nan_loss.matches("a/C1e10-d1w24h1", "a-1234abcd-C1e10-d1w24h1")
     assert not nan_loss.matches("a/C1e10-d1w24h1", "b-1234abcd-C1e10-d1w24h1")

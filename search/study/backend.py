@@ -49,6 +49,12 @@ RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
 # Tune's own tables and banners would bury the one line per trial that StudyProgress prints.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune keeps a trial's newest 2 checkpoints (num_to_keep) but saves the experiment state, which
+# names each trial's latest one, at most every 10 s by default: a driver killed in between leaves
+# a state naming a checkpoint already deleted, which `resume` cannot restore (Ray 2.60 has no
+# fallback to an older one). Saved twice a second, the state trails the checkpoints by less than
+# their interval.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
 TRIAL_SLOT = "trial_slot"
 SIMULATED_SLOTS = 4  # concurrent simulated trials on an embedded cluster without a GPU rule
 
@@ -206,7 +212,9 @@ class StorageGuard(Callback):
         text = ""
         if trial.error_file and os.path.exists(trial.error_file):
             with open(trial.error_file, errors="replace") as f:
-                text = f.read()
+                # Tune appends each failure ("Failure # N ..."): only the latest says why this
+                # one failed, not a disk that was full before a resume.
+                text = f.read().rsplit("Failure # ", 1)[-1]
         if "No space left on device" in text or "StorageFullError" in text:
             raise StorageFullError(errno.ENOSPC, f"storage {self.storage} is full (No space left "
                                    f"on device): free space there, then continue the study with "
