@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from scaling.ladder import nearest
+from scaling.laws.parametric import ParametricFit
 from scaling.laws.result import Prediction
 from search.grid import GridProposer, TrialSpec, plan, trial_config
 from search.records import KIND, PARENT, STATUS, STUDY
@@ -45,6 +46,7 @@ class ValidationPlan:
     prediction: Prediction
     trials: tuple[TrialSpec, ...]
     steps: tuple[int, ...]
+    approach3: ParametricFit | None = None  # the study's L(N, D), when it was fitted
 
     def text(self) -> str:
         p = self.prediction
@@ -83,7 +85,7 @@ def plan_validation(session: StudySession, budget: float, sizes: int) -> Validat
             trials.append(TrialSpec(budget, shape, n))
     steps = tuple(plan(spec, session.template, t).steps for t in trials)
     return ValidationPlan(spec.name, budget, math.log10(budget / largest), prediction,
-                          tuple(trials), steps)
+                          tuple(trials), steps, fit.approach3)
 
 
 def measured_optimum(params: list[float], losses: list[float]) -> float | None:
@@ -150,6 +152,18 @@ def _compare(vplan: ValidationPlan, records, metric: str) -> dict:
     if loss is not None:
         summary["measured_loss"] = float(loss)
         summary["loss_error"] = float(loss / p.loss.value - 1)
+        surface = vplan.approach3
+        if surface is not None and not surface.at_bound:
+            # The loss law is a pure power of C; the surface also carries an irreducible loss E,
+            # which a small study's loss at the optimum approaches as C grows.
+            tokens = float(measured.params.get("tokens") or vplan.budget / (6 * centre.params))
+            predicted = float(surface.loss(centre.params, tokens))
+            summary["approach3_loss"] = predicted
+            summary["approach3_error"] = float(loss / predicted - 1)
+            summary["tokens"] = tokens
+            ci = surface.loss_interval(centre.params, tokens)
+            if ci is not None:
+                summary["approach3_loss_lo"], summary["approach3_loss_hi"] = ci
     points = [(float(t.params), by_key[t.key].metrics[metric]) for t in vplan.trials
               if t.key in by_key and metric in by_key[t.key].metrics]
     if len(vplan.trials) == 3:

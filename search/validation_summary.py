@@ -21,6 +21,16 @@ def summary_text(s: dict) -> str:
         lines.append(f"  predicted {s['predicted_loss']:.4g}{ci}, measured "
                      f"{s['measured_loss']:.4g} at N = {s['params']:.3g} ({s['loss_error']:+.1%}"
                      f"{inside})")
+        if "approach3_loss" in s:
+            lo, hi = s.get("approach3_loss_lo"), s.get("approach3_loss_hi")
+            band, inside = "", ""
+            if lo is not None:
+                band = f" [{lo:.4g}, {hi:.4g}]"
+                inside = (", inside the interval" if lo <= s["measured_loss"] <= hi
+                          else ", outside the interval")
+            lines.append(f"  Approach 3's L(N, D) at that N and D = {s['tokens']:.3g} tokens: "
+                         f"predicted {s['approach3_loss']:.4g}{band} "
+                         f"({s['approach3_error']:+.1%}{inside})")
     else:
         lines.append(f"  predicted {s['predicted_loss']:.4g}{ci}; the trial at N_opt did not "
                      "finish, nothing measured")

@@ -245,10 +245,14 @@ def test_json_has_the_documented_schema_and_round_trips():
     a3 = data["approach3"]
     assert {"E", "A", "B", "alpha", "beta", "a", "b", "ci"} <= set(a3)
     assert set(a3["ci"]) == {"E", "A", "B", "alpha", "beta", "a", "b"}
-    assert len(data["draws"]["n_opt"]) == 100
+    assert len(data["draws"]["n_opt"]) == 100 and len(data["draws"]["approach3"]) == 100
     again = LawFit.from_json(fit.to_json())
     for c in (1e17, 1e19, 1.5e21):
         assert again.predict(c) == fit.predict(c)
+    # Approach 3's draws are kept to 7 significant digits: its loss interval survives the trip
+    lo, hi = fit.approach3.loss_interval(1e9, 2e10)
+    assert again.approach3.loss_interval(1e9, 2e10) == pytest.approx((lo, hi), rel=1e-6)
+    assert lo < hi
     assert again.to_json() == fit.to_json()
     assert again.table() == fit.table()
     with pytest.raises(ValueError, match="schema"):

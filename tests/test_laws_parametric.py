@@ -85,6 +85,27 @@ def test_implied_exponents_and_their_intervals():
     assert fit.draws.shape == (200, 5) and fit.at_bound == () and fit.notes == ()
 
 
+@pytest.mark.parametrize("name", ["chinchilla", "asymmetric"])
+def test_the_loss_interval_at_a_budget_beyond_the_runs_covers_the_truth(name):
+    # The surface's loss at 3x the largest budget's true optimum, as `validate` asks for it.
+    truth = SURFACES[name]
+    best = truth.optimum(3 * max(PAPER_BUDGETS))
+    reps, hits = 20, 0
+    for seed in range(reps):
+        fit, _, _ = fit_study(name, seed=300 + seed)
+        lo, hi = fit.loss_interval(best.n_opt, best.d_opt)
+        assert lo < float(fit.loss(best.n_opt, best.d_opt)) < hi
+        hits += lo <= best.loss <= hi
+    assert hits >= 0.85 * reps, hits
+
+
+def test_no_loss_interval_without_draws():
+    truth = SURFACES["chinchilla"]
+    points = synthetic_study(truth, PAPER_BUDGETS, np.random.default_rng(0), rel_sigma=0.0)
+    params, tokens, losses, _ = arrays(points)
+    assert fit_parametric(params, tokens, losses).loss_interval(1e8, 1e10) is None
+
+
 def test_too_few_runs():
     with pytest.raises(ValueError, match="needs 5 runs, got 4"):
         fit_parametric(np.ones(4), np.ones(4), np.ones(4))

@@ -75,6 +75,10 @@ def test_the_law_is_held_to_a_budget_it_never_saw(study, capsys):
     summary = json.loads(out[out.index("{"):])
     # the simulated trials follow the paper surface, whose frontier the law was fitted on
     assert abs(summary["loss_error"]) < 0.03, summary
+    # Approach 3's surface at the trained N and D: the simulated losses lie on such a surface
+    assert abs(summary["approach3_error"]) < 0.03, summary
+    assert summary["approach3_loss_lo"] < summary["approach3_loss"] < summary["approach3_loss_hi"]
+    assert "Approach 3's L(N, D) at that N and D" in out
     assert summary["measured_n_opt"] is not None
     assert abs(math.log(summary["measured_n_opt"] / summary["predicted_n_opt"])) < math.log(2)
     runs = tracking.client.search_runs([parent.info.experiment_id],

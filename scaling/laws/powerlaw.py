@@ -34,7 +34,8 @@ SCATTER_LEVEL = 0.95  # widen only when the optima's scatter is significant at t
 SIGNIFICANT = 7  # digits kept in stored draws, so an object and its JSON predict identically
 
 
-def _round(values: np.ndarray) -> np.ndarray:
+def rounded(values: np.ndarray) -> np.ndarray:
+    """`values` rounded to SIGNIFICANT significant digits (as bootstrap draws are kept)."""
     return np.array([float(f"{v:.{SIGNIFICANT}g}") for v in values.ravel()]).reshape(values.shape)
 
 
@@ -121,7 +122,7 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
         excess = max(1.0, ratio)
     d0, d1 = _wls_line(x, log_draws, w)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
-    draws = _round(np.stack([10**d0, d1], 1))
+    draws = rounded(np.stack([10**d0, d1], 1))
     ci = interval(draws)
     return PowerLaw(
         coefficient=float(10**b0),

@@ -44,10 +44,13 @@ marked +):
      "convention": "6ND", "flops_per_multiply_add": 2, "schema"+: "dit-scaling/laws/1",
      "source"+: "fit" | "paper", "compute_range"+: [lo, hi],  # budgets the laws rest on, FLOPs
      "warnings"+: [str], "options"+: {FitOptions fields} | null,
-     "draws"+: {"n_opt": [[coefficient, exponent], ...], "d_opt": ..., "loss": ..., "fid": ...}}
+     "draws"+: {"n_opt": [[coefficient, exponent], ...], "d_opt": ..., "loss": ..., "fid": ...,
+                "approach3": [[E, A, B, alpha, beta], ...] | null}}
 
 `draws` keeps the bootstrap pairs of the four Approach 2 laws (7 significant digits, as the object
-holds them) so that `LawFit.from_json(text).predict(C)` gives exactly the intervals of the original.
+holds them) so that `LawFit.from_json(text).predict(C)` gives exactly the intervals of the original,
+and Approach 3's draws (7 significant digits) so that its loss at a given N and D has an interval
+(`ParametricFit.loss_interval`) after a round trip.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import numpy as np
 
 from scaling.laws.isoflop import BudgetFit
 from scaling.laws.parametric import ParametricFit
-from scaling.laws.powerlaw import PowerLaw, SaturatingLaw
+from scaling.laws.powerlaw import PowerLaw, SaturatingLaw, rounded
 
 SCHEMA = "dit-scaling/laws/1"
 FEW_SIZES = 5  # budgets with fewer distinct sizes get seed noise in their bootstrap draws
@@ -367,8 +370,10 @@ class LawFit:
             "compute_range": list(self.compute_range),
             "warnings": list(self.warnings),
             "options": None if self.options is None else asdict(self.options),
-            "draws": {name: None if (x := self.law(name)) is None or x.draws is None
-                      else x.draws.tolist() for name in LAWS},
+            "draws": {**{name: None if (x := self.law(name)) is None or x.draws is None
+                         else x.draws.tolist() for name in LAWS},
+                      "approach3": None if p is None or p.draws is None
+                      else rounded(p.draws).tolist()},
         }
         return clean_json(out)
 
@@ -407,6 +412,8 @@ class LawFit:
             approach3=None if p is None else ParametricFit(
                 E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"],
                 ci={k: _tuple(v) for k, v in p["ci"].items()}, points=p.get("points", 0),
+                draws=None if draws.get("approach3") is None
+                else np.asarray(draws["approach3"], dtype=float),
                 at_bound=tuple(p.get("at_bound", ()))),
             loss_saturating=None if s is None else SaturatingLaw(
                 E=s["E"], A=s["A"], alpha=s["alpha"],
