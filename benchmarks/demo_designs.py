@@ -12,25 +12,32 @@ budgets over >= 2 decades, half-width <= 0.15, A2 and A3 not in disagreement, a 
 its interval, and `make demo` within 10 minutes. Last line:
 `demo designs: narrowest A2 half-width H (DESIGN) over >= 2 decades; goal 0.15`.
 
-    python benchmarks/demo_designs.py                             # every design, ~60 min here
-    python benchmarks/demo_designs.py --designs depth1 --validate
+    python benchmarks/demo_designs.py                             # every design, ~80 min here
+    python benchmarks/demo_designs.py --designs shipped seed1 --validate
 
-Measured on this 2-core machine (one study per design, seed 0):
-- shipped (2e11..2e12, depth by the ladder rule): a 0.16 [-0.13, 0.60], consistent, validation at
-  6e12 -2.3% inside.
-- depth1 (2e10..2e12 at depth 1): 0.41 [0.25, 0.60], consistent, 3.6 min.
-- depth1-2seeds: 0.44 [0.34, 0.54] (+-0.10), Approach 3 0.51, consistent, 6.8 min; validation at
-  6e12 +62% outside. The interval is narrow, but the optima rise 0.73 decades over the lower decade
-  and 0.18 over the upper one, so the law mixes two regimes.
-- depth2: 0.58 [0.27, 0.85] on 3 of 5 budgets.
-- depth1-7budgets-centred: 0.41 [0.22, 0.60] on 5 of 7.
-- depth1-batch8-centred: 0.13 [-0.17, 0.57] on 3 of 5.
-- depth1-2seeds-1.5e10: 0.46 [0.09, 0.86], validation +59% outside.
-- depth1-2seeds-lr4e-3: 0.40 [0.23, 0.47] on 4 of 5, A2 and A3 disagree, validation +59% outside.
-- depth1-16px: 0.31 [0.03, 0.69] on 3 of 5.
-Why: below 2e11 FLOPs the models are still leaving the initial plateau, and from 2e11 up every
-budget's optimum sits just above a capacity wall near 80K parameters (README, "Why not two
-decades?").
+Measured on this 2-core machine (one study per design; half-widths are the tool's own 95%):
+- shipped (16 px in 2 x 2 patches, depth 1, 2e10..2e12, 64K images): a 0.374 [0.251, 0.486]
+  (+-0.118), Approach 3 0.336, consistent, 4.1 min; validation at 6e12: loss law +14.1% outside,
+  Approach 3's L(N, D) at the trained point +3.9%.
+- seed1: 0.396 [0.241, 0.508] (+-0.133), A3 0.359, consistent, 5.3 min (beside other work); loss
+  law +18.3% outside, Approach 3 -4.0%.
+- 16k-images: 0.364 [0.243, 0.503] (+-0.130), consistent, but Approach 3's Huber fit put E on its
+  bound ("do not trust"); loss law +13.2%. 16k-images-seed1: 0.384 [0.245, 0.507], loss law +13.4%.
+- 16k-images-tpp4: 0.462 [0.343, 0.602] (+-0.129) on 4 of 5 budgets, loss law +3.2% inside.
+- The seed-to-seed spread of one size's loss (seed 0 against 1, 16k-images): 1-11% at 2e10-6e11
+  FLOPs, often the same sign across a budget's sizes; under 3% at 2e12.
+- 32px (the demo before): a 0.16 [-0.13, 0.60] on one decade, validation at 6e12 -2.3% inside.
+- 32px-depth1 (2e10..2e12 at depth 1): 0.41 [0.25, 0.60], consistent, 3.6 min.
+- 32px-depth1-2seeds: 0.44 [0.34, 0.54] (+-0.10), Approach 3 0.51, consistent, 6.8 min; loss law
+  at 6e12 +62% outside. The optima rise 0.73 decades over the lower decade and 0.18 over the upper
+  one: below 2e11 FLOPs the models leave their initial plateau, and above it every optimum sits
+  just above a capacity wall near 80K parameters (width 56): a 4 x 4 patch of 32-px RGB holds 48
+  values, and a narrower model cannot carry it. In 2 x 2 patches (12 values) the wall is gone.
+- 32px-depth2: 0.58 [0.27, 0.85] on 3 of 5 budgets. 32px-depth1-7budgets-centred: 0.41 [0.22,
+  0.60] on 5 of 7. 32px-depth1-batch8-centred: 0.13 [-0.17, 0.57] on 3 of 5.
+  32px-depth1-2seeds-1.5e10: 0.46 [0.09, 0.86], +59% outside. 32px-depth1-2seeds-lr4e-3: 0.40
+  [0.23, 0.47] on 4 of 5, A2 and A3 disagree, +59% outside. 32px-depth1-16px (4 x 4 patches):
+  0.31 [0.03, 0.69] on 3 of 5.
 """
 
 from __future__ import annotations
@@ -49,37 +56,54 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "search" / "studies" / "demo.toml"
 CLI = Path(sys.executable).with_name("dit-scaling")
-TWO_DECADES = [2e10, 6e10, 2e11, 6e11, 2e12]
-DEPTH1 = {"budgets": TWO_DECADES,
-          "model": {"depth": 1, "tokens_per_param": 4.0, "min_params": 1e4}}
-CENTRED = {"allocator": {"prior": "explicit", "prior_coefficient": 1.18, "prior_exponent": 0.42}}
 
 
 def merged(base: dict, *overrides: dict) -> dict:
-    """`base` with each override's fields replacing (tables: merging into) its own."""
+    """`base` with each override's fields replacing (tables: merging into) its own; a field
+    overridden with None is removed."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for override in overrides:
         for key, value in override.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if value is None:
+                out.pop(key, None)
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
                 out[key] = merged(out[key], value)
             else:
                 out[key] = value
     return out
 
 
+TWO_DECADES = [2e10, 6e10, 2e11, 6e11, 2e12]
+# The demo before it moved to 16-pixel images in 2 x 2 patches: 32 pixels in 4 x 4 patches (48
+# values a patch), three budgets, depth by the ladder rule, 16,384 training images.
+PIXELS32 = {"budgets": [2e11, 6e11, 2e12],
+            "model": {"depth": None, "patch_size": 4, "tokens_per_param": 5.0, "min_params": 3e4},
+            "data": {"image_size": 32, "train_samples": 16384}}
+DEPTH1 = merged(PIXELS32, {"budgets": TWO_DECADES,
+                           "model": {"depth": 1, "tokens_per_param": 4.0, "min_params": 1e4}})
+CENTRED = {"allocator": {"prior": "explicit", "prior_coefficient": 1.18, "prior_exponent": 0.42}}
+SMALL_DATA = {"data": {"train_samples": 16384}}
+
+
 DESIGNS: dict[str, dict] = {
     "shipped": {},
-    "depth1": DEPTH1,
-    "depth2": merged(DEPTH1, {"model": {"depth": 2}}),
-    "depth1-2seeds": merged(DEPTH1, {"model": {"seeds_per_size": 2}}),
-    "depth1-7budgets-centred": merged(DEPTH1, CENTRED, {
+    "seed1": {"seed": 1},
+    "16k-images": SMALL_DATA,
+    "16k-images-seed1": merged(SMALL_DATA, {"seed": 1}),
+    "16k-images-tpp4": merged(SMALL_DATA, {"model": {"tokens_per_param": 4.0}}),
+    "32px": PIXELS32,
+    "32px-depth1": DEPTH1,
+    "32px-depth2": merged(DEPTH1, {"model": {"depth": 2}}),
+    "32px-depth1-2seeds": merged(DEPTH1, {"model": {"seeds_per_size": 2}}),
+    "32px-depth1-7budgets-centred": merged(DEPTH1, CENTRED, {
         "budgets": [2e10, 4.3e10, 9.3e10, 2e11, 4.3e11, 9.3e11, 2e12]}),
-    "depth1-batch8-centred": merged(DEPTH1, CENTRED, {"trainer": {"batch_size": 8}}),
-    "depth1-2seeds-1.5e10": merged(DEPTH1, {"model": {"seeds_per_size": 2},
-                                            "budgets": [1.5e10, 4.5e10, 1.5e11, 4.5e11, 1.5e12]}),
-    "depth1-2seeds-lr4e-3": merged(DEPTH1, {"model": {"seeds_per_size": 2},
-                                            "trainer": {"lr": 4e-3}}),
-    "depth1-16px": merged(DEPTH1, {"data": {"image_size": 16}}),
+    "32px-depth1-batch8-centred": merged(DEPTH1, CENTRED, {"trainer": {"batch_size": 8}}),
+    "32px-depth1-2seeds-1.5e10": merged(DEPTH1, {"model": {"seeds_per_size": 2},
+                                                 "budgets": [1.5e10, 4.5e10, 1.5e11, 4.5e11,
+                                                             1.5e12]}),
+    "32px-depth1-2seeds-lr4e-3": merged(DEPTH1, {"model": {"seeds_per_size": 2},
+                                                 "trainer": {"lr": 4e-3}}),
+    "32px-depth1-16px": merged(DEPTH1, {"data": {"image_size": 16}}),
 }
 
 
@@ -140,9 +164,13 @@ def run_design(name: str, folder: Path, validate: bool) -> dict:
         v = subprocess.run([str(CLI), "validate", "--study", spec["name"], "--budget",
                             f"{budget:g}", "--tracking-uri", uri], cwd=folder,
                            capture_output=True, text=True)
-        measured = [line.strip() for line in v.stdout.splitlines() if "measured" in line]
+        lines = v.stdout.splitlines()
+        measured = [line.strip() for line in lines if "measured" in line]
+        surface = [line.strip() for line in lines if line.strip().startswith("Approach 3's")]
         figures["validation"] = (f"{budget:g}: {measured[-1]}" if measured
                                  else (v.stderr.strip().splitlines() or ["failed"])[-1])
+        if surface:
+            figures["validation"] += f"\n{'':<28}{surface[-1]}"
     return figures
 
 
