@@ -34,7 +34,7 @@ class LawModel(mlflow.pyfunc.PythonModel):
 
         self.fit = LawFit.from_json(Path(context.artifacts["laws"]).read_text())
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             if "budget" not in model_input.columns:
                 raise ValueError("the input table needs a 'budget' column (FLOPs)")
