@@ -7,9 +7,9 @@ and the loss at the optimum; the validation trains the nearest ladder size to N_
 `sizes=3`, also x0.5 and x2 around it) as ordinary trials of the study, through the same flow as
 `run`, nested under a validation run (`dit.kind = validation`) under the study run. They are not
 isoFLOP points of the study: the law is not refitted on them. The result (predicted against
-measured loss, and with three sizes whether the measured optimum, the vertex of a parabola in
-log N through them, lies in the predicted N_opt interval) is logged on the validation run, which
-`laws` shows.
+measured loss, by the loss law and by Approach 3's L(N, D) at the N and D trained, and with three
+sizes whether the measured optimum, the vertex of a parabola in log N through them, lies in the
+predicted N_opt interval) is logged on the validation run, which `laws` shows.
 """
 
 from __future__ import annotations
