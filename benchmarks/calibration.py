@@ -16,8 +16,10 @@ the loss exponent (truth: the log-log slope of the true optimal loss over the bu
 used, as `search.plan.true_exponents`: the law is the line through them, and with an irreducible
 loss the true optima do not lie on one line, so a fit that refused a budget estimates another
 slope), log10 N_opt at `--budget` (an extrapolation, default 1.5e21 FLOPs),
-Approach 3's alpha, beta and E. The A2/A3 columns give, per design, the median paired difference
-of a and the share of seeds the service calls "disagree".
+Approach 3's alpha, beta and E, and log10 of Approach 3's loss at the true optimum of 3 x the
+largest budget (where `dit-scaling validate` reads it: the surface at the trained N and D). The
+A2/A3 columns give, per design, the median paired difference of a and the share of seeds the
+service calls "disagree".
 
 Designs: `fixed{5,9}x{1.41,2,4}` (fixed grids of 5 or 9 sizes spaced x sqrt2, x2, x4),
 `allocator` (the adaptive allocator with search/studies/paper.toml's settings) and `two_round`
@@ -57,13 +59,15 @@ import numpy as np
 from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
 from scaling.laws.result import text_columns
 from scaling.runs_table import RunPoint
-from scaling.surface import SURFACES, LossSurface
+from scaling.surface import SURFACES, LossSurface, Optimum
 
 SPEC = Path(__file__).resolve().parent.parent / "search" / "studies" / "paper.toml"
 SQRT2 = math.sqrt(2)
 FIXED = {f"fixed{k}x{s:.3g}": (k, s) for k in (5, 9) for s in (SQRT2, 2.0, 4.0)}
 DESIGNS = (*FIXED, "allocator", "two_round")
-QUANTITIES = ("a", "b", "loss exponent", "log10 N_opt(C)", "A3 alpha", "A3 beta", "A3 E")
+QUANTITIES = ("a", "b", "loss exponent", "log10 N_opt(C)", "A3 alpha", "A3 beta", "A3 E",
+              "log10 A3 loss")
+VALIDATION_FACTOR = 3  # the A3 loss is read at the true optimum of 3 x the largest budget
 RATIO = (0.8, 1.5)
 COVERAGE = (0.90, 0.99)
 # For an estimate biased by r sd, a symmetric interval about it with half-width 1.57 RMSE (ratio
@@ -91,16 +95,26 @@ def two_round_available() -> bool:
     return "two_round" in inspect.getsource(search.plan.simulate_study)
 
 
+def validation_point(surface: LossSurface) -> Optimum:
+    """Where `dit-scaling validate` would read Approach 3's loss: the true optimum (N, D) of
+    VALIDATION_FACTOR x the largest of the spec's budgets (FLOPs)."""
+    from search.spec import load_spec
+
+    return surface.optimum(VALIDATION_FACTOR * max(load_spec(SPEC).budgets))
+
+
 def truths(surface: LossSurface, budgets: list[float], compute: float) -> dict[str, float]:
     from search.plan import true_exponents
 
     ex = true_exponents(surface, budgets)
     return {"a": ex["n_opt"], "b": ex["d_opt"], "loss exponent": ex["loss"],
             "log10 N_opt(C)": math.log10(surface.optimum(compute).n_opt),
-            "A3 alpha": surface.alpha, "A3 beta": surface.beta, "A3 E": surface.E}
+            "A3 alpha": surface.alpha, "A3 beta": surface.beta, "A3 E": surface.E,
+            "log10 A3 loss": math.log10(validation_point(surface).loss)}
 
 
-def estimates(fit: LawFit, compute: float) -> dict[str, tuple[float, float | None, float | None]]:
+def estimates(fit: LawFit, compute: float,
+              point: Optimum) -> dict[str, tuple[float, float | None, float | None]]:
     def law(x):
         lo, hi = x.exponent_ci or (None, None)
         return (x.exponent, lo, hi)
@@ -116,6 +130,12 @@ def estimates(fit: LawFit, compute: float) -> dict[str, tuple[float, float | Non
         else:
             lo, hi = p.ci.get(name) or (None, None)
             out[f"A3 {name}"] = (getattr(p, name), lo, hi)
+    if p is None:
+        out["log10 A3 loss"] = (math.nan, None, None)
+    else:
+        ci = p.loss_interval(point.n_opt, point.d_opt)
+        out["log10 A3 loss"] = (math.log10(float(p.loss(point.n_opt, point.d_opt))),
+                                *((None, None) if ci is None else map(math.log10, ci)))
     return out
 
 
@@ -152,7 +172,8 @@ def run_one(surface_name: str, noise: float, design: str, seed: int, draws: int,
     gap = agree["a"]["difference"][0] if "a" in agree else None
     disagree = any(not v["consistent"] for v in agree.values())
     used = [b.compute for b in fit.budgets if not b.refused]
-    return Outcome(estimates(fit, compute), sim.flops, len(sim.trials), gap, disagree,
+    return Outcome(estimates(fit, compute, validation_point(surface)), sim.flops,
+                   len(sim.trials), gap, disagree,
                    loss_truth=truths(surface, used, compute)["loss exponent"])
 
 

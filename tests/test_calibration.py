@@ -31,7 +31,7 @@ def test_intervals_are_calibrated_on_wide_grids(design):
     rows = {r["quantity"]: r for r in summarise(outcomes, truths(SURFACES["chinchilla"], budgets,
                                                                  1.5e21))}
     assert set(rows) == set(QUANTITIES)
-    for q in ("a", "log10 N_opt(C)", "A3 alpha", "A3 beta"):
+    for q in ("a", "log10 N_opt(C)", "A3 alpha", "A3 beta", "log10 A3 loss"):
         r = rows[q]
         assert RATIO[0] <= r["ratio"] <= RATIO[1], (q, r)
         assert r["coverage"] >= COVERAGE, (q, r)
