@@ -45,6 +45,7 @@ coverage farthest outside [0.90, 0.99] (the smallest when all are inside).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import math
 import statistics
@@ -95,12 +96,18 @@ def two_round_available() -> bool:
     return "two_round" in inspect.getsource(search.plan.simulate_study)
 
 
+@functools.cache
+def largest_budget() -> float:
+    """The largest of the spec's budgets, FLOPs."""
+    from search.spec import load_spec
+
+    return max(load_spec(SPEC).budgets)
+
+
 def validation_point(surface: LossSurface) -> Optimum:
     """Where `dit-scaling validate` would read Approach 3's loss: the true optimum (N, D) of
     VALIDATION_FACTOR x the largest of the spec's budgets (FLOPs)."""
-    from search.spec import load_spec
-
-    return surface.optimum(VALIDATION_FACTOR * max(load_spec(SPEC).budgets))
+    return surface.optimum(VALIDATION_FACTOR * largest_budget())
 
 
 def truths(surface: LossSurface, budgets: list[float], compute: float) -> dict[str, float]:

@@ -156,7 +156,7 @@ def _compare(vplan: ValidationPlan, records, metric: str) -> dict:
         if surface is not None and not surface.at_bound:
             # The loss law is a pure power of C; the surface also carries an irreducible loss E,
             # which a small study's loss at the optimum approaches as C grows.
-            tokens = float(measured.params.get("tokens") or vplan.budget / (6 * centre.params))
+            tokens = measured.param("tokens")
             predicted = float(surface.loss(centre.params, tokens))
             summary["approach3_loss"] = predicted
             summary["approach3_error"] = float(loss / predicted - 1)

@@ -7,27 +7,28 @@ VALIDATION_TAG = "dit.validation"  # JSON summary, on the validation run
 LAST_VALIDATION_TAG = "dit.last_validation"  # the same, on the study run, for `laws`
 
 
+def _band(s: dict, key: str) -> tuple[str, str]:
+    """The 95% interval of prediction `key` as text, and whether the measured loss lies in it
+    (both empty when the summary holds no interval)."""
+    lo, hi = s.get(f"{key}_lo"), s.get(f"{key}_hi")
+    if lo is None or hi is None:
+        return "", ""
+    inside = "" if "measured_loss" not in s else (
+        ", inside the interval" if lo <= s["measured_loss"] <= hi else ", outside the interval")
+    return f" [{lo:.4g}, {hi:.4g}]", inside
+
+
 def summary_text(s: dict) -> str:
     """The validation's verdict for people: predicted against measured, and how far out."""
-    ci = (f" [{s['predicted_loss_lo']:.4g}, {s['predicted_loss_hi']:.4g}]"
-          if "predicted_loss_lo" in s else "")
+    ci, inside = _band(s, "predicted_loss")
     lines = [f"validation at C = {s['budget']:.3g} FLOPs ({s['decades']:.2f} decades above the "
              f"fitted budgets), {s['metric']}:"]
     if "measured_loss" in s:
-        inside = ""
-        if ci:
-            ok = s["predicted_loss_lo"] <= s["measured_loss"] <= s["predicted_loss_hi"]
-            inside = ", inside the interval" if ok else ", outside the interval"
         lines.append(f"  predicted {s['predicted_loss']:.4g}{ci}, measured "
                      f"{s['measured_loss']:.4g} at N = {s['params']:.3g} ({s['loss_error']:+.1%}"
                      f"{inside})")
         if "approach3_loss" in s:
-            lo, hi = s.get("approach3_loss_lo"), s.get("approach3_loss_hi")
-            band, inside = "", ""
-            if lo is not None:
-                band = f" [{lo:.4g}, {hi:.4g}]"
-                inside = (", inside the interval" if lo <= s["measured_loss"] <= hi
-                          else ", outside the interval")
+            band, inside = _band(s, "approach3_loss")
             lines.append(f"  Approach 3's L(N, D) at that N and D = {s['tokens']:.3g} tokens: "
                          f"predicted {s['approach3_loss']:.4g}{band} "
                          f"({s['approach3_error']:+.1%}{inside})")
