@@ -127,6 +127,24 @@ def test_few_sizes_a_budget_borrow_the_surfaces_noise_estimate():
     assert half < 1.35 * 1.96 * rmse and covered >= 10, (half, rmse, covered)
 
 
+@pytest.mark.parametrize("name, noise, sizes, width", [
+    # 9 sizes x sqrt2 at 2% noise: each parabola's curvature is known to about +-30%, and draws
+    # about it and its off-centre vertex spread by that noisy amount (1.6x the error across seeds).
+    ("chinchilla", 0.02, 9, 0.6),
+    # 5 sizes x sqrt2 on the flat paper surface: a curvature within 2 standard errors of zero,
+    # where draws about the smooth surface are too wide (1.6x) and the own parabola's are not.
+    ("paper", 0.005, 5, 0.3),
+])
+def test_dense_narrow_grids_draw_about_the_surfaces_curves(name, noise, sizes, width):
+    truth = SURFACES[name].exponents().a
+    fits = [fit_laws(study(name, s, sizes=sizes, width=width, rel_sigma=noise),
+                     FitOptions(draws=200, seed=s)) for s in range(30)]
+    rmse = math.sqrt(np.mean([(f.n_opt.exponent - truth) ** 2 for f in fits]))
+    half = np.median([(f.n_opt.exponent_ci[1] - f.n_opt.exponent_ci[0]) / 2 for f in fits])
+    covered = sum(f.n_opt.exponent_ci[0] <= truth <= f.n_opt.exponent_ci[1] for f in fits)
+    assert half < 1.45 * 1.96 * rmse and covered >= 26, (half / (1.96 * rmse), covered)
+
+
 def test_intervals_shrink_when_points_are_added():
     def width(fit):
         return fit.n_opt.exponent_ci[1] - fit.n_opt.exponent_ci[0]
