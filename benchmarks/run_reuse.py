@@ -180,7 +180,7 @@ def simulated_part(seeds: int, draws: int) -> float:
         estimates = []
         for seed in range(seeds):
             sim = simulate_study(base.model_copy(update={"seed": seed}), template, prior,
-                                 "fixed", surface, draws=draws)
+                                 "fixed", surface, draws=draws, approach3=False)
             e = sim.exponent("n_opt")
             estimates.append(e[0] if e else math.nan)
         a = np.array(estimates)
@@ -205,7 +205,7 @@ def simulated_part(seeds: int, draws: int) -> float:
         estimates, points, trained = [], [], []
         for seed in range(seeds):
             sim = simulate_study(spec.model_copy(update={"seed": seed}), template, prior,
-                                 "adaptive", surface, draws=draws)
+                                 "adaptive", surface, draws=draws, approach3=False)
             e = sim.exponent("n_opt")
             estimates.append(e[0] if e else math.nan)
             points.append(sim.point_flops)

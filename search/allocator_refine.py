@@ -15,7 +15,6 @@ import numpy as np
 
 from scaling.laws.fit import LawFitError, fit_laws
 from scaling.laws.powerlaw import PowerLaw
-from scaling.laws.result import FitOptions
 from scaling.runs_table import RunPoint
 from search import design
 from search.allocator_sizes import free_sizes
@@ -171,8 +170,7 @@ def final_law(alloc: Allocator) -> PowerLaw | None:
         fit = fit_laws([RunPoint(compute=c, params=p.params, loss=p.loss,
                                  tokens=c / (6 * p.params), budget=c, trial=p.key)
                         for c, p in points],
-                       FitOptions(convention=alloc.spec.convention, seed=alloc.spec.seed,
-                                  approach3=False))
+                       alloc.spec.fit_options())
     except (LawFitError, ValueError):
         return None
     return fit.n_opt

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scaling.laws import FitOptions, LawFit, LawFitError, fit_laws
+from scaling.laws import LawFit, LawFitError, fit_laws
 from scaling.runs_table import RunPoint, write_runs
 from search.errors import TrackingError
 from search.records import LAWS_FILE, LAWS_TAG, TrialRecord
@@ -97,7 +97,7 @@ def fit_and_log(tracking: Tracking, spec: StudySpec, study_run_id: str,
         out("left out of the fit: " + "; ".join(excluded))
         tracking.set_tags(study_run_id, {"dit.excluded": "; ".join(excluded)[:5000]})
     try:
-        fit = fit_laws(points, FitOptions(convention=spec.convention, seed=spec.seed))
+        fit = fit_laws(points, spec.fit_options())
     except (LawFitError, ValueError) as err:
         message = f"laws not fitted: {err}"
         tracking.set_tags(study_run_id, {"dit.laws_error": str(err)[:5000]})

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from scaling.laws.result import FitOptions
 from search.spec_sections import (  # noqa: F401  (re-exported: the spec's public names)
     DEFAULT_OUTPUT,
     STUDY_NAME,
@@ -124,6 +125,13 @@ class StudySpec(_Frozen):
     @property
     def simulated(self) -> bool:
         return self.trainer.kind == "simulated"
+
+    def fit_options(self, **overrides: object) -> FitOptions:
+        """The options the service fits this study's laws with: its FLOPs convention and seed,
+        everything else the fit's defaults (Approach 3 included: it sets the noise, the window
+        bias and the smooth curves Approach 2's intervals are drawn about). `overrides` for a
+        caller that must differ, e.g. fewer bootstrap draws."""
+        return FitOptions(**{"convention": self.convention, "seed": self.seed, **overrides})
 
     # Resolved locations (absolute), so Ray workers in other directories agree on them.
     @property
