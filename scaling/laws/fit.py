@@ -80,7 +80,7 @@ from scaling.runs_table import RunPoint, group_by_budget
 SCATTER_NOTE = 1.5  # widening of a law's interval worth a warning
 BIAS_NOTE = "wide or off-centre isoFLOP grids bias Approach 2 (arXiv 2603.22339)"
 WIDE_DECADES = 2.0  # an isoFLOP grid wider than this in log10 N biases its parabola noticeably
-CURVATURE_T = 2.0  # a budget's draws follow the surface's curve where its curvature has t above
+CURVATURE_T = 2.0  # draws follow the surface's curve where its curvature's t exceeds this
 
 
 class LawFitError(ValueError):
@@ -123,16 +123,15 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
             huber = fit_parametric(params, tokens, losses, starts=theta[None, :])
 
     noise = NoiseDraws(options.draws, params.size, options.seed)
-    scale2 = sigma2 * noise.scale(dof2)
     scale3 = refit[2] * noise.scale(refit[3]) if refit else None
     misfit = _misfit(sigma2, dof2, refit[2], refit[3]) if refit else []
-    if misfit:
-        # The parabolas' excess residuals are their misfit, not noise: draw Approach 2 with the
-        # surface's noise.
-        scale2 = scale3
-        warnings.extend(misfit)
-    elif refit and _surface_noise_is_better(sigma2, dof2, refit[2], refit[3]):
-        scale2 = scale3
+    warnings.extend(misfit)
+    # Misfit: the parabolas' excess residuals are not noise, so Approach 2 is drawn with the
+    # surface's noise, as it is when the surface estimates the same noise with more dof.
+    surface_noise = bool(misfit) or bool(
+        refit and _surface_noise_is_better(sigma2, dof2, refit[2], refit[3]))
+    draw_sigma2 = refit[2] if surface_noise else sigma2  # relative noise of Approach 2's draws
+    scale2 = scale3 if surface_noise else sigma2 * noise.scale(dof2)
     bias = [None] * len(members)
     centres = parabolas
     if refit and not _significantly_larger(refit[2], refit[3], sigma2, dof2):
@@ -142,8 +141,7 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
         # vertex.
         bias = _window_bias(refit[0], refit[1], params, tokens, members, options)
         fitted = _surface_losses(refit[0], refit[1], np.log10(params), np.log10(tokens))
-        sigma = refit[2] if scale2 is scale3 else sigma2
-        centres = [p.about(fitted[m], losses[m], sigma)
+        centres = [p.about(fitted[m], losses[m], draw_sigma2)
                    for m, p in zip(members, parabolas, strict=True)]
     coef = [np.empty((options.draws, 3)) for _ in members]
     thetas = np.empty((options.draws, 5)) if refit else None
@@ -336,19 +334,17 @@ def _window_bias(problem: _Problem, theta: np.ndarray, params: np.ndarray, token
     2's intervals hold its own estimate and the corrected one, each with its noise (a uniform
     share of the correction left the corrected end without its noise: coverage 0.35 on 4-decade
     grids). None for a budget whose surface parabola or minimum is not inside its sizes."""
-    def surface(log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
-        return _surface_losses(problem, theta, log_n, log_d)
-
     u = np.random.default_rng([options.seed, 3]).integers(0, 2, options.draws).astype(float)
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for m in members:
         x = np.log10(params[m])
         xc = x - x.mean()
         log_d = np.log10(tokens[m])
-        c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, surface(x, log_d), 2)
+        losses = _surface_losses(problem, theta, x, log_d)
+        c0, c1, c2 = np.polynomial.polynomial.polyfit(xc, losses, 2)
         slope, intercept = np.polyfit(x, log_d, 1)
         grid = np.linspace(x.min(), x.max(), 2001)
-        curve = surface(grid, intercept + slope * grid)
+        curve = _surface_losses(problem, theta, grid, intercept + slope * grid)
         k = int(np.argmin(curve))
         if c2 <= 0 or not xc.min() <= -c1 / (2 * c2) <= xc.max() or k in (0, grid.size - 1):
             out.append(None)
