@@ -179,6 +179,8 @@ def simulated_part(seeds: int, draws: int) -> float:
         cost = grid_cost(base, template, trials, reuse_plan(reusing, template, trials))
         estimates = []
         for seed in range(seeds):
+            # Only Approach 2's estimate of a is read, which Approach 3 does not change; without
+            # it a fit costs a fifth.
             sim = simulate_study(base.model_copy(update={"seed": seed}), template, prior,
                                  "fixed", surface, draws=draws, approach3=False)
             e = sim.exponent("n_opt")

@@ -15,9 +15,8 @@ from scaling.ladder import ladder
 from scaling.laws.powerlaw import PowerLaw
 from scaling.model import DiTConfig
 from scaling.surface import PAPER_N_COEFFICIENT, PAPER_N_EXPONENT
+from search.grid import MIN_STEPS
 from search.spec import StudySpec
-
-MIN_STEPS = 10  # as search.grid: a trial shorter than this measures the warmup, not the model
 
 
 @dataclass(frozen=True)
