@@ -379,3 +379,17 @@ def test_real_demo_study_flags_e_on_its_bound():
     assert "Huber: E ended on a bound: do not trust that fit" in fit.table()
     assert any(w.startswith("Approach 3: E ended on a bound in") for w in fit.warnings)
     assert not any("fewer than 5 sizes" in w for w in fit.warnings)
+
+
+def test_a_study_whose_draws_often_refuse_its_budgets_says_so():
+    # Two budgets, five sizes over +-0.15 decades, 2% noise: in most draws one budget's minimum
+    # leaves its window, so a repeat of the study would often give no law.
+    fragile = fit_laws(synthetic_study(SURFACES["paper"], [1e17, 1e18], np.random.default_rng(1),
+                                       sizes=5, width=0.15, rel_sigma=0.02),
+                       FitOptions(draws=400, seed=1))
+    said = [w for w in fragile.warnings if "would often give no law" in w]
+    assert len(said) == 1 and fragile.n_opt.exponent_ci is not None
+    sound = fit_laws(synthetic_study(SURFACES["paper"], PAPER_BUDGETS, np.random.default_rng(1),
+                                     sizes=9, width=0.6, rel_sigma=0.005),
+                     FitOptions(draws=400, seed=1))
+    assert not [w for w in sound.warnings if "would often give no law" in w]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from scaling.laws.powerlaw import (
+    LINE_SHARE,
     PowerLaw,
     fit_power_law,
     fit_saturating,
@@ -58,6 +59,33 @@ def test_draws_are_rounded_so_json_round_trips():
     log_y = np.log10(C**0.5)
     law = fit_power_law(C, log_y, draws_around(log_y, np.full(6, 0.02), n=50))
     assert all(float(f"{v:.7g}") == v for v in law.draws.ravel())
+
+
+def test_a_draw_leaves_out_the_budgets_whose_minimum_left_their_window():
+    log_y = np.log10(0.0009 * C**0.5681)
+    draws = draws_around(log_y, np.full(6, 0.03), n=400)
+    inside = np.ones(draws.shape, bool)
+    inside[0, 5] = False  # draw 0: the largest budget's minimum at its window's edge
+    inside[1, 1:] = False  # draw 1: a single budget left, so no line
+    law = fit_power_law(C, log_y, draws, inside=inside)
+    through_five = np.polyfit(np.log10(C[:5]), draws[0, :5], 1)
+    assert law.draws[0, 1] == pytest.approx(through_five[0], rel=1e-6)
+    assert law.draws[0, 0] == pytest.approx(10 ** through_five[1], rel=1e-6)
+    assert np.isnan(law.draws[1]).all()
+    # Every other draw is the line through all budgets, as without the mask.
+    plain = fit_power_law(C, log_y, draws)
+    np.testing.assert_array_equal(law.draws[2:], plain.draws[2:])
+    assert law.exponent == plain.exponent and law.coefficient == plain.coefficient
+
+
+def test_a_law_whose_draws_mostly_have_no_line_has_no_interval():
+    log_y = np.log10(0.0009 * C**0.5681)
+    draws = draws_around(log_y, np.full(6, 0.03), n=400)
+    inside = np.ones(draws.shape, bool)
+    inside[: int(400 * (1 - LINE_SHARE)) + 1, 1:] = False
+    law = fit_power_law(C, log_y, draws, inside=inside)
+    assert law.exponent_ci is None and law.draws is None
+    assert law.exponent == pytest.approx(0.5681, abs=1e-12)
 
 
 def test_needs_two_budgets():

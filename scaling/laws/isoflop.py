@@ -84,13 +84,16 @@ class BudgetDraws:
     """Bootstrap draws of one budget's optimum in log10 units, shape [draws] each.
 
     standard: (log_n, log_d) draws of the parabola's own vertex when the draws above carry a
-    window-bias shift (`fit_budget_draws`'s bias), else None (they are the same draws)."""
+    window-bias shift (`fit_budget_draws`'s bias), else None (they are the same draws).
+    inside: [draws] bool, whether the draw's parabola has its minimum inside the sampled sizes
+    (elsewhere the values above sit at the window's edge); None: all are."""
 
     log_n: np.ndarray
     log_d: np.ndarray
     log_loss: np.ndarray
     log_fid: np.ndarray | None
     standard: tuple[np.ndarray, np.ndarray] | None = None
+    inside: np.ndarray | None = None
 
 
 def _quadratic_draws(xc: np.ndarray, counts: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -276,7 +279,7 @@ def fit_budget_draws(
         message="; ".join(messages),
         **report,
     )
-    return fit, BudgetDraws(log_n, log_d, log_loss, log_fid, standard)
+    return fit, BudgetDraws(log_n, log_d, log_loss, log_fid, standard, inside)
 
 
 def residual_ss(params: np.ndarray, losses: np.ndarray) -> tuple[float, int]:

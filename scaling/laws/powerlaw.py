@@ -32,6 +32,7 @@ from scaling.laws.bootstrap import interval, spreads
 
 SCATTER_LEVEL = 0.95  # widen only when the optima's scatter is significant at this level
 SIGNIFICANT = 7  # digits kept in stored draws, so an object and its JSON predict identically
+LINE_SHARE = 0.2  # below this share of draws with a line (see `inside`), a law has no interval
 
 
 def rounded(values: np.ndarray) -> np.ndarray:
@@ -88,8 +89,25 @@ def _wls_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, 
     return ym - slope * xm, slope
 
 
+def _masked_lines(x: np.ndarray, y: np.ndarray, w: np.ndarray,
+                  keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted line per draw through the budgets `keep` [draws, budgets] holds; y [draws,
+    budgets]. NaN for a draw that keeps fewer than 2 budgets at distinct compute."""
+    weight = np.where(keep, w, 0.0)
+    total = weight.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = (weight * x).sum(1) / total
+        ym = (weight * np.where(keep, y, 0.0)).sum(1) / total
+        dx = x[None, :] - xm[:, None]
+        sxx = (weight * dx**2).sum(1)
+        slope = (weight * dx * (np.where(keep, y, 0.0) - ym[:, None])).sum(1) / sxx
+    slope = np.where((keep.sum(1) >= 2) & (sxx > 0), slope, np.nan)
+    return ym - slope * xm, slope
+
+
 def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
-                  weighted: bool = False, widen: bool = True) -> PowerLaw:
+                  weighted: bool = False, widen: bool = True,
+                  inside: np.ndarray | None = None) -> PowerLaw:
     """Fit y = k C^e from per-budget optima.
 
     compute: [budgets] FLOPs; log_y: [budgets] log10 of the optima; log_draws: [draws, budgets]
@@ -97,7 +115,11 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
     squares of log10 y on log10 C, as Chinchilla and its replications fit; True: each budget
     weighted by 1 / sd^2 of its draws. widen: widen by the Birge ratio when the scatter is
     significant (see the module docstring); False for a law whose truth is the line through these
-    budgets whatever their curvature (the loss at the optimum).
+    budgets whatever their curvature (the loss at the optimum). inside: [draws, budgets] bool,
+    whether a budget's draw has its minimum inside its sampled sizes; draw k's line then goes
+    through those budgets only, as a study with draw k's losses would (it refuses the others), and
+    is NaN where fewer than 2 remain, and the law has no interval when fewer than LINE_SHARE of
+    the draws have a line. None: every draw of every budget counts.
     """
     if compute.size < 2:
         raise ValueError(f"a power law needs at least 2 budgets, got {compute.size}")
@@ -120,7 +142,13 @@ def fit_power_law(compute: np.ndarray, log_y: np.ndarray, log_draws: np.ndarray,
         # Reported even when not applied, so the fit can warn about it.
         scatter = ratio if widen and significant else 1.0
         excess = max(1.0, ratio)
-    d0, d1 = _wls_line(x, log_draws, w)
+    if inside is None:
+        d0, d1 = _wls_line(x, log_draws, w)
+    else:
+        d0, d1 = _masked_lines(x, log_draws, w, inside & np.isfinite(log_draws))
+        if np.isfinite(d1).mean() < LINE_SHARE:  # most repeats of the study would have no law
+            return PowerLaw(coefficient=float(10**b0), exponent=float(b1),
+                            budgets=int(compute.size), scatter=scatter, excess=excess)
     d0, d1 = b0 + scatter * (d0 - b0), b1 + scatter * (d1 - b1)
     draws = rounded(np.stack([10**d0, d1], 1))
     ci = interval(draws)
