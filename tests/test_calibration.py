@@ -60,3 +60,16 @@ def test_biased_windows_are_covered():
     # The verdict compares the standard vertices' law with Approach 3, so the bias is named:
     # with the correction in half of Approach 2's draws it was called consistent in 20 of 20.
     assert sum(o.disagree for o in outcomes) >= 18
+
+
+def test_a_row_whose_rmse_one_seed_sets_is_told_apart():
+    from benchmarks.calibration import ONE_SEED, Outcome
+
+    truth = {q: 0.0 for q in QUANTITIES}
+    errors = [0.01 * (-1) ** k for k in range(99)] + [0.1]  # one seed at 10x the others' error
+    outcomes = [Outcome({"a": (e, e - 0.02, e + 0.02)}, 1.0, 30, None, False) for e in errors]
+    row = next(r for r in summarise(outcomes, truth) if r["quantity"] == "a")
+    assert row["worst_share"] == pytest.approx(0.01 / (0.0099 + 0.01), rel=1e-9)
+    assert row["worst_share"] > ONE_SEED and row["coverage"] == 0.99
+    even = [Outcome({"a": (e, e - 0.02, e + 0.02)}, 1.0, 30, None, False) for e in errors[:99]]
+    assert next(r for r in summarise(even, truth) if r["quantity"] == "a")["worst_share"] < 0.02
