@@ -70,7 +70,7 @@ from search.catalogue import (  # noqa: F401  (re-exported: the allocator's publ
     heuristic_prior,
     resolve_prior,
 )
-from search.design import Z95, Parabola, fit_parabola, vertex_terms
+from search.design import Z95, Parabola, debiased_vertex, fit_parabola, vertex_terms
 from search.grid import TrialSpec, plan, trial_config
 from search.proposal import FINISHED  # what `suggest` returns when nothing is left to run
 from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
@@ -97,6 +97,7 @@ class Allocator:
         self.flops_issued = 0.0
         self.stopped: str | None = None
         self._fits: dict[float, Parabola | None] = {}
+        self._minima: dict[float, float] = {}  # budget -> its debiased vertex (`minimum`)
         self.reuse = spec.trainer.reuse == "cooldown"
         self.reached: dict[str, int] = {}  # trial key -> last step it reported (run reuse)
 
@@ -137,7 +138,7 @@ class Allocator:
             return  # a duplicate report (e.g. after a restore): already counted
         ok = loss is not None and math.isfinite(loss) and loss > 0
         p.state, p.loss = ("finished", float(loss)) if ok else ("failed", None)
-        self._fits.pop(b.compute, None)
+        self._forget(b.compute)
         if b.status == "open" and not b.busy:
             self._decide(b)
         check_target(self)
@@ -240,7 +241,7 @@ class Allocator:
                                   "finished" if mean is not None else "failed", mean)
             b.status = "done"
             b.centre = b.centre or float(self.catalogue.log_n[index])
-        self._fits.clear()
+        self._forget()
 
     def reopen(self, budgets: list[float], tolerance: float | None = None) -> None:
         """Refine these budgets (all when empty) to `tolerance`, each with room for
@@ -286,7 +287,7 @@ class Allocator:
         self.stopped = state["stopped"]
         self.tolerance = state["tolerance"]
         self.reached = dict(state.get("reached", {}))
-        self._fits.clear()
+        self._forget()
 
     # -- queries ----------------------------------------------------------------------------------
     def finished_points(self) -> list[tuple[float, Point]]:
@@ -433,6 +434,24 @@ class Allocator:
             self._fits[c] = fit_parabola(np.log([float(p.params) for p in pts]),
                                          np.array([p.loss for p in pts])) if pts else None
         return self._fits[c]
+
+    def minimum(self, c: float) -> float:
+        """ln N of the minimum this budget's parabola implies (it must have one): its vertex less
+        the window bias of its finished sizes (`search.design.debiased_vertex`), cached with the
+        fit."""
+        if c not in self._minima:
+            x = np.log([float(p.params) for p in self.budgets[c].points.values()
+                        if p.state == "finished"])
+            self._minima[c] = debiased_vertex(x, self.fit(c).vertex)
+        return self._minima[c]
+
+    def _forget(self, c: float | None = None) -> None:
+        """Drop the cached fits of budget `c` (all when None): its finished trials changed."""
+        for cache in (self._fits, self._minima):
+            if c is None:
+                cache.clear()
+            else:
+                cache.pop(c, None)
 
     def n_opt_interval(self, b: Budget, fit: Parabola, curvature: float | None = None
                   ) -> tuple[float, float]:

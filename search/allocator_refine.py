@@ -47,7 +47,10 @@ def study_designs(alloc: Allocator, eligible: list[Budget]
     with_fit = [(b, f) for b in line if (f := alloc.fit(b.compute)) is not None and f.inside]
     sigma = alloc.noise()
     curvatures = shrink_curvatures([f for _, f in with_fit], sigma)
-    centres = centres_on_line([b.compute for b, _ in with_fit], [f.vertex for _, f in with_fit])
+    # A budget's fitted vertex carries its own window's bias: the criterion's biases are
+    # reckoned about the minimum that vertex implies, or lopsided windows look balanced.
+    centres = centres_on_line([b.compute for b, _ in with_fit],
+                              [alloc.minimum(b.compute) for b, _ in with_fit])
     designs, budgets, indices = [], [], []
     for (b, f), c2, centre in zip(with_fit, curvatures, centres, strict=True):
         x = np.log([float(p.params) for p in b.points.values() if p.state != "failed"])

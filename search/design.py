@@ -26,6 +26,11 @@ rest:
 
     expected squared error = sum h_i^2 v_i + (KAPPA sum h_i b_i)^2
 
+The shifts are reckoned about each budget's minimum, and a fitted vertex already carries its own
+window's shift: the minimum it implies is the vertex less that shift (`debiased_vertex`). Reckoned
+about the fitted vertices instead, a budget whose window reaches far out on one side looks
+balanced against the others while its vertex sits off by a different amount.
+
 Candidate sizes stay within `window(noise)` of the centre (MAX_WINDOW at 0.5% noise, wider as the
 noise grows), or as far as the design already reaches on the other side, so that a size placed far
 out can be mirrored.
@@ -142,6 +147,21 @@ def bias_curve(u: np.ndarray) -> np.ndarray:
     """The isoFLOP curve of L = E + A/N^alpha + B/D^beta in u = ln N - ln N_opt, up to scale:
     beta e^(-alpha u) + alpha e^(beta u), minimal at u = 0 (alpha, beta = ALPHA, BETA)."""
     return BETA * np.exp(-ALPHA * u) + ALPHA * np.exp(BETA * u)
+
+
+def debiased_vertex(log_n: np.ndarray, vertex: float, steps: int = 20) -> float:
+    """Where the minimum of the assumed isoFLOP curve (`bias_curve`) must lie (ln N) for a
+    least-squares parabola over sizes `log_n` (ln N) to put its vertex at `vertex`: the fitted
+    vertex less its own window bias, by fixed-point iteration (the bias changes slowly with the
+    minimum's place, so a few steps settle it to 1e-4)."""
+    x = np.asarray(log_n, dtype=float)
+    guess = float(vertex)
+    for _ in range(steps):
+        step = float(vertex) - float(vertex_terms(x - guess)[1][0]) - guess
+        guess += step
+        if abs(step) < 1e-4:
+            break
+    return guess
 
 
 def window(noise: float) -> float:

@@ -16,7 +16,16 @@ from search.allocator import (
     heuristic_prior,
     resolve_prior,
 )
-from search.design import MAX_WINDOW, BudgetDesign, choose, target_weights
+from search.allocator_refine import study_designs
+from search.design import (
+    MAX_WINDOW,
+    BudgetDesign,
+    bias_curve,
+    choose,
+    debiased_vertex,
+    fit_parabola,
+    target_weights,
+)
 from search.plan import simulated_template
 from search.spec import parse_spec
 
@@ -211,6 +220,43 @@ def test_the_criterion_prefers_the_size_that_most_reduces_variance_per_flop():
     assert (c.budget, c.candidate) == (1, trunk)
     plain = choose([design(1e18, -1.0, sizes), reuse], kappa=0.0)
     assert (plain.budget, plain.candidate) != (1, trunk)
+
+
+def test_a_lopsided_windows_vertex_is_traced_back_to_the_curves_minimum():
+    """On the assumed isoFLOP curve, a parabola over a wide window puts its vertex off the
+    minimum; the debiased vertex is the minimum again."""
+    minimum = 0.3
+    x = minimum + np.linspace(-3.0, 3.0, 7)
+    fit = fit_parabola(x, 1.0 + 0.05 * bias_curve(x - minimum))
+    assert abs(fit.vertex - minimum) > 0.1
+    assert debiased_vertex(x, fit.vertex) == pytest.approx(minimum, abs=2e-3)
+    balanced = minimum + np.linspace(-2.0, 2.0, 5)  # and one centred alike at every budget
+    vertex = fit_parabola(balanced, 1.0 + 0.05 * bias_curve(balanced - minimum)).vertex
+    assert debiased_vertex(balanced, vertex) == pytest.approx(minimum, abs=2e-3)
+
+
+def test_the_criterion_centres_each_budget_on_the_minimum_its_window_implies(catalogue):
+    """Budgets with windows of different widths and sides, losses on the assumed curve: the
+    criterion centres each on the true minimum, not on a line through vertices biased by
+    different amounts (which would make their biases look balanced)."""
+    spec = parse_spec({"name": "a", "budgets": [1e17, 3e17, 1e18], "seed": 1,
+                       "trainer": {"kind": "simulated", "batch_size": 256},
+                       "allocator": {"kind": "adaptive"}})
+    truth = Prior(2e-3, 0.52, "truth")
+    a = Allocator(spec, catalogue, truth)
+    results = []
+    for c, reach in ((1e17, (-3.0, 3.0)), (3e17, (-1.0, 3.0)), (1e18, (-2.0, 2.0))):
+        centre = math.log(truth(c))
+        usable = catalogue.usable(c)
+        sizes = {int(min(usable, key=lambda i: abs(catalogue.log_n[i] - centre - u)))
+                 for u in np.linspace(*reach, 7)}
+        results += [(c, i, 1.0 + 0.05 * bias_curve(catalogue.log_n[i] - centre)) for i in sizes]
+    a.seed(results)
+    vertices = [a.fit(c).vertex - math.log(truth(c)) for c in a.budgets]
+    assert max(vertices) - min(vertices) > 0.1  # the raw vertices are biased unequally
+    designs, _, _ = study_designs(a, [])
+    for d in designs:
+        assert d.vertex == pytest.approx(math.log(truth(d.compute)), abs=0.02)
 
 
 def test_target_weights_are_the_least_squares_line():
