@@ -16,8 +16,9 @@ Per budget (C in FLOPs, N in parameters, sizes always ladder shapes, see scaling
    queued, so every budget has a parabola before any is refined.
 4. A free slot with nothing queued then trains the (budget, size) that most reduces the expected
    squared error of the spec's target per FLOP (`allocator.target`: the N_opt exponent a, or N_opt
-   at `target_budget`), under the parabolas fitted so far, with a window-bias term and sizes kept
-   near each vertex (search/design.py). Trials still running count in the design, so with
+   at `target_budget`), under the parabolas fitted so far, with a window-bias term reckoned on
+   the isoFLOP curve's shape as the trials so far show it (`curve_shape`) and sizes kept near
+   each vertex (search/design.py). Trials still running count in the design, so with
    `speculate` (default) a budget's next size is chosen while its last ones run; without it, a
    budget with trials out waits for them.
 The sizes of steps 1-2 are chosen in search/allocator_sizes.py; the study-wide choice of step 4
@@ -51,6 +52,7 @@ from dataclasses import asdict
 import numpy as np
 
 from scaling.laws.powerlaw import PowerLaw
+from scaling.laws.varpro import fit_exponents
 from search.allocator_refine import check_target, refine
 from search.allocator_sizes import bracket, opening_sizes
 from search.allocator_state import (  # noqa: F401  (re-exported)
@@ -70,7 +72,14 @@ from search.catalogue import (  # noqa: F401  (re-exported: the allocator's publ
     heuristic_prior,
     resolve_prior,
 )
-from search.design import Z95, Parabola, debiased_vertex, fit_parabola, vertex_terms
+from search.design import (
+    SHAPE,
+    Z95,
+    Parabola,
+    debiased_vertex,
+    fit_parabola,
+    vertex_terms,
+)
 from search.grid import TrialSpec, plan, trial_config
 from search.proposal import FINISHED  # what `suggest` returns when nothing is left to run
 from search.records import BRANCH_OF, BRANCH_POINTS, BRANCH_STEP
@@ -79,6 +88,9 @@ from search.spec import StudySpec
 LAW_EXPONENT_RANGE = (0.25, 0.9)  # a law through 2 close budgets can point anywhere: clamp it
 PRIOR_NOISE = 0.005  # relative loss sd assumed before residuals say more (seed spread, ~0.5%)
 PRIOR_DOF = 4  # weight of that assumption, in residual degrees of freedom
+SHAPE_RUNS = 20  # finished trials before the study's own isoFLOP curve shape replaces the assumed
+SHAPE_GROWTH = 1.5  # ... refitted each time the finished trials have grown by this factor
+SHAPE_RANGE = (0.1, 1.0)  # exponents kept within this (a fit through a few budgets can run off)
 
 
 class Allocator:
@@ -98,6 +110,7 @@ class Allocator:
         self.stopped: str | None = None
         self._fits: dict[float, Parabola | None] = {}
         self._minima: dict[float, float] = {}  # budget -> its debiased vertex (`minimum`)
+        self.shape: tuple[int, float, float] | None = None  # (runs, alpha, beta): `curve_shape`
         self.reuse = spec.trainer.reuse == "cooldown"
         self.reached: dict[str, int] = {}  # trial key -> last step it reported (run reuse)
 
@@ -270,6 +283,7 @@ class Allocator:
             "decisions": [asdict(d) for d in self.decisions],
             "trials_issued": self.trials_issued, "flops_issued": self.flops_issued,
             "stopped": self.stopped, "tolerance": self.tolerance, "reached": dict(self.reached),
+            "shape": None if self.shape is None else list(self.shape),
         }
 
     def set_state(self, state: dict) -> None:
@@ -287,6 +301,7 @@ class Allocator:
         self.stopped = state["stopped"]
         self.tolerance = state["tolerance"]
         self.reached = dict(state.get("reached", {}))
+        self.shape = None if state.get("shape") is None else tuple(state["shape"])
         self._forget()
 
     # -- queries ----------------------------------------------------------------------------------
@@ -442,8 +457,29 @@ class Allocator:
         if c not in self._minima:
             x = np.log([float(p.params) for p in self.budgets[c].points.values()
                         if p.state == "finished"])
-            self._minima[c] = debiased_vertex(x, self.fit(c).vertex)
+            self._minima[c] = debiased_vertex(x, self.fit(c).vertex, self.curve_shape())
         return self._minima[c]
+
+    def curve_shape(self) -> tuple[float, float]:
+        """(alpha, beta) of the isoFLOP curve that window biases are reckoned on: those of the
+        least-squares L(N, D) through the finished trials (D = C / 6N tokens) once there are
+        SHAPE_RUNS of them, refitted as they grow by SHAPE_GROWTH, else the assumed
+        `search.design.SHAPE`. The bias grows with beta - alpha, so a study whose curves are
+        nearly symmetric must not balance the shifts of a lopsided assumed one."""
+        done = self.finished_points()
+        if len(done) < SHAPE_RUNS:
+            return SHAPE
+        if self.shape is None or len(done) >= SHAPE_GROWTH * self.shape[0]:
+            try:
+                fitted = fit_exponents(np.array([float(p.params) for _, p in done]),
+                                       np.array([c / (6 * p.params) for c, p in done]),
+                                       np.array([p.loss for _, p in done]))
+            except (ValueError, np.linalg.LinAlgError):
+                fitted = self.shape[1:] if self.shape is not None else SHAPE
+            alpha, beta = (float(np.clip(e, *SHAPE_RANGE)) for e in fitted)
+            self.shape = (len(done), alpha, beta)
+            self._minima.clear()
+        return self.shape[1], self.shape[2]
 
     def _forget(self, c: float | None = None) -> None:
         """Drop the cached fits of budget `c` (all when None): its finished trials changed."""

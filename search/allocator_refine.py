@@ -46,6 +46,7 @@ def study_designs(alloc: Allocator, eligible: list[Budget]
         strict=True))
     with_fit = [(b, f) for b in line if (f := alloc.fit(b.compute)) is not None and f.inside]
     sigma = alloc.noise()
+    shape = alloc.curve_shape()  # first: a refit of the shape resets the budgets' minima
     curvatures = shrink_curvatures([f for _, f in with_fit], sigma)
     # A budget's fitted vertex carries its own window's bias: the criterion's biases are
     # reckoned about the minimum that vertex implies, or lopsided windows look balanced.
@@ -64,7 +65,8 @@ def study_designs(alloc: Allocator, eligible: list[Budget]
             keep = alloc.flops_issued + costs <= alloc.a.max_flops * (1 + 1e-9)
             free, costs = free[keep], costs[keep]
         designs.append(BudgetDesign(b.compute, weights[b.compute], x, centre, c2,
-                                    sigma * f.loss_opt, alloc.catalogue.log_n[free], costs))
+                                    sigma * f.loss_opt, alloc.catalogue.log_n[free], costs,
+                                    shape))
         budgets.append(b)
         indices.append(free)
     return designs, budgets, indices

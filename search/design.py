@@ -19,8 +19,11 @@ Var(target) = sum h_i^2 v_i.
 Window bias. The isoFLOP curve is not a parabola: for L = E + A/N^alpha + B/D^beta it is, up to
 scale, beta e^(-alpha u) + alpha e^(beta u) in u = ln N - ln N_opt, and a parabola fitted to it on
 a wide or off-centre window puts its vertex off the minimum even without noise (arXiv
-2603.22339). The shift for a given design is computed exactly on that curve with alpha, beta =
-ALPHA, BETA (the most asymmetric built-in surface's): b_i, in ln N. Designs of one shape at every
+2603.22339). The shift for a given design is computed exactly on that curve, with the exponents
+the study's own trials give (the allocator's `curve_shape`; ALPHA, BETA, the most asymmetric
+built-in surface's, until it has enough): b_i, in ln N. The shift grows with beta - alpha, so an
+assumed shape that overstates the asymmetry moves designs to balance shifts that are not there.
+Designs of one shape at every
 budget shift every vertex alike, which leaves the exponent alone; what the criterion counts is the
 rest:
 
@@ -47,8 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 
 KAPPA = 1.0  # weight of the window-bias term (0: variance only)
-ALPHA, BETA = 0.25, 0.45  # exponents of the isoFLOP curve assumed for the window bias: the most
-# asymmetric built-in surface's (the sign of beta - alpha is unknown and does not matter here)
+ALPHA, BETA = 0.25, 0.45  # exponents of the isoFLOP curve assumed for the window bias before a
+# study's trials say more: the most asymmetric built-in surface's
+SHAPE = (ALPHA, BETA)
 MAX_WINDOW = math.log(16.0)  # candidates within this of the centre in ln N at WINDOW_NOISE ...
 WIDEST_WINDOW = math.log(64.0)  # ... widening as sqrt(noise) up to this (the parabola's rise
 WINDOW_NOISE = 0.005  # over the window keeps pace with the noise)
@@ -114,18 +118,18 @@ def moments(u: np.ndarray) -> np.ndarray:
     return s[..., [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]
 
 
-def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None,
+                 shape: tuple[float, float] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """[(X'X)^-1]_11 and the window bias (ln N) of a design in u = ln N - vertex, each also with
     one more size at every `extra` u: arrays [1 + len(extra)] (inf / 0 when singular). The bias
     is the vertex of the design's least-squares parabola through the isoFLOP curve of exponents
-    ALPHA, BETA (see `bias_curve`) with its minimum at u = 0."""
+    `shape` = (alpha, beta) (see `bias_curve`) with its minimum at u = 0."""
     u = np.asarray(u, dtype=float)
     extra = np.zeros(0) if extra is None else np.asarray(extra, dtype=float)
     e = extra[:, None] ** np.arange(5)  # [k, 5]: 1, u, ..., u^4 of each added size
     base = (u[None, :] ** np.arange(5)[:, None]).sum(-1)  # power sums of the design
     sums = np.concatenate([base[None], base[None] + e])  # [1 + k, 5]
-    f_u, f_e = bias_curve(u), bias_curve(extra)
+    f_u, f_e = bias_curve(u, shape), bias_curve(extra, shape)
     fb = (f_u[None, :] * u[None, :] ** np.arange(3)[:, None]).sum(-1)
     fs = np.concatenate([fb[None], fb[None] + f_e[:, None] * e[:, :3]])  # [1 + k, 3]
     m = sums[:, [[0, 1, 2], [1, 2, 3], [2, 3, 4]]]
@@ -143,25 +147,28 @@ def vertex_terms(u: np.ndarray, extra: np.ndarray | None = None
     return var, bias
 
 
-def bias_curve(u: np.ndarray) -> np.ndarray:
+def bias_curve(u: np.ndarray, shape: tuple[float, float] = SHAPE) -> np.ndarray:
     """The isoFLOP curve of L = E + A/N^alpha + B/D^beta in u = ln N - ln N_opt, up to scale:
-    beta e^(-alpha u) + alpha e^(beta u), minimal at u = 0 (alpha, beta = ALPHA, BETA)."""
-    return BETA * np.exp(-ALPHA * u) + ALPHA * np.exp(BETA * u)
+    beta e^(-alpha u) + alpha e^(beta u), minimal at u = 0 ((alpha, beta) = `shape`)."""
+    alpha, beta = shape
+    return beta * np.exp(-alpha * u) + alpha * np.exp(beta * u)
 
 
-def debiased_vertex(log_n: np.ndarray, vertex: float, steps: int = 20) -> float:
-    """Where the minimum of the assumed isoFLOP curve (`bias_curve`) must lie (ln N) for a
+def debiased_vertex(log_n: np.ndarray, vertex: float, shape: tuple[float, float] = SHAPE,
+                    steps: int = 20) -> float:
+    """Where the minimum of the isoFLOP curve of `shape` (`bias_curve`) must lie (ln N) for a
     least-squares parabola over sizes `log_n` (ln N) to put its vertex at `vertex`: the fitted
     vertex less its own window bias, by fixed-point iteration (the bias changes slowly with the
-    minimum's place, so a few steps settle it to 1e-4)."""
+    minimum's place, so a few steps settle it to 1e-4). When they do not (a curve far steeper
+    than the window is wide), the vertex itself."""
     x = np.asarray(log_n, dtype=float)
     guess = float(vertex)
     for _ in range(steps):
-        step = float(vertex) - float(vertex_terms(x - guess)[1][0]) - guess
+        step = float(vertex) - float(vertex_terms(x - guess, shape=shape)[1][0]) - guess
         guess += step
         if abs(step) < 1e-4:
-            break
-    return guess
+            return guess
+    return float(vertex)
 
 
 def window(noise: float) -> float:
@@ -191,7 +198,8 @@ class BudgetDesign:
     """One budget as the criterion sees it: its FLOPs, its place in the line, the design so far
     (ln N of sizes finished, running or queued), its vertex (ln N), curvature c2 (loss per
     (ln N)^2), noise sd sigma (loss), the candidate sizes (ln N) it may still train and what
-    each would train (FLOPs: less than the budget for a branch off a trunk, with run reuse)."""
+    each would train (FLOPs: less than the budget for a branch off a trunk, with run reuse), and
+    the isoFLOP curve's (alpha, beta) its window bias is reckoned on."""
 
     compute: float
     weight: float  # h_i
@@ -201,11 +209,13 @@ class BudgetDesign:
     sigma: float
     candidates: np.ndarray
     costs: np.ndarray | None = None  # FLOPs each candidate trains (None: the budget's, each)
+    shape: tuple[float, float] = SHAPE
 
     def variance(self) -> tuple[np.ndarray, np.ndarray]:
         """Vertex variance (ln N squared) and window bias (ln N), now and with each candidate
         added."""
-        var, bias = vertex_terms(self.design - self.vertex, self.candidates - self.vertex)
+        var, bias = vertex_terms(self.design - self.vertex, self.candidates - self.vertex,
+                                 self.shape)
         return var * (self.sigma / (2 * self.curvature)) ** 2, bias
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from scaling.laws import FitOptions, fit_laws
 from scaling.laws.parametric import _Problem, fit_parametric
-from scaling.laws.varpro import DrawRefitter, fit_point
+from scaling.laws.varpro import DrawRefitter, fit_exponents, fit_point
 from scaling.surface import PAPER_BUDGETS, SURFACES, synthetic_study
 
 
@@ -25,6 +25,13 @@ def test_noise_free_surface_is_recovered(name):
     nat = problem.natural(theta[None, :])[0]
     assert nat == pytest.approx([truth.E, truth.A, truth.B, truth.alpha, truth.beta], rel=1e-3)
     assert sse < 1e-12
+    assert fit_exponents(params, tokens, losses) == pytest.approx((truth.alpha, truth.beta),
+                                                                  rel=1e-3)
+
+
+def test_exponents_need_five_runs():
+    with pytest.raises(ValueError, match="at least 5 runs, got 4"):
+        fit_exponents(np.ones(4), np.ones(4), np.ones(4))
 
 
 @pytest.mark.parametrize("name", ["paper", "chinchilla", "asymmetric"])

@@ -60,6 +60,18 @@ def fit_point(problem: _Problem, losses: np.ndarray) -> tuple[np.ndarray, float]
     return best
 
 
+def fit_exponents(params: np.ndarray, tokens: np.ndarray, losses: np.ndarray
+                  ) -> tuple[float, float]:
+    """(alpha, beta) of the least-squares L(N, D) through runs of N parameters, D tokens and
+    these losses (at least 5 runs; no bootstrap): the exponents alone, for callers that need
+    the surface's shape, not its intervals."""
+    params, tokens, losses = (np.asarray(v, dtype=float) for v in (params, tokens, losses))
+    if params.size < 5:
+        raise ValueError(f"fitting L(N, D) needs at least 5 runs, got {params.size}")
+    theta, _ = fit_point(_Problem(params, tokens), losses)
+    return float(theta[3]), float(theta[4])
+
+
 def _jacobian(theta: np.ndarray, u: np.ndarray, v: np.ndarray,
               y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Residuals [K, n] and Jacobian [K, n, 5] of log L_hat - y for thetas [K, 5]."""
