@@ -34,13 +34,15 @@ the goal (0.4) is not met. The best design from scratch is the centred 5 x4 grid
 5.5e19 FLOPs, FLOPs x RMSE^2 8.9e15), and with reuse the same grid (8.7e15): its sizes rarely
 repeat across budgets, so it saves 3%. Designs whose sizes repeat save more but err more: the
 shared x2 ladder (8 sizes at every budget) saves 36% at RMSE 0.026 (3.7e16), the allocator 18%
-(RMSE 0.014 on 8.2e19 with reuse against 0.015 on 9.9e19 without; 1.6e16 and 2.3e16). (Grids
+(RMSE 0.026 on 7.0e19 trained with reuse against 0.021 on 9.0e19 without; 4.8e16 and 3.9e16; an
+RMSE over 20 seeds is known to about +-16%: over 60 seeds the allocator without reuse reads 0.023,
+as it did before it reckoned window biases on its trials' curve shape). (Grids
 centred on the 6ND heuristic instead of the prior made the centred grids look 3-20x worse and
 gave 0.64 here before.) On the paper's budgets no design can reach 0.4: trials at the largest
 budget (6e18) are trained whole, and a design needs at least three of them for a parabola there;
 for the FLOPs it trains with reuse to be 0.4 of those from scratch, those trials must be under a
 quarter of its FLOPs (largest x 1 + 0.2 x rest <= 0.4 x (largest + rest)), while the allocator
-spends 55% of its FLOPs there from scratch and 70% with reuse (medians over 20 seeds). Even a
+spends 56% of its FLOPs there from scratch and 65% with reuse (medians over 20 seeds). Even a
 size trained at every budget spends (6e18 + 0.2 x 5e18) / 1.26e19 = 0.56 of its from-scratch
 FLOPs. Eleven budgets over the same span save 53%, but give no smaller error than six (RMSE
 0.026 both).
