@@ -20,12 +20,11 @@ Window bias. The isoFLOP curve is not a parabola: for L = E + A/N^alpha + B/D^be
 scale, beta e^(-alpha u) + alpha e^(beta u) in u = ln N - ln N_opt, and a parabola fitted to it on
 a wide or off-centre window puts its vertex off the minimum even without noise (arXiv
 2603.22339). The shift for a given design is computed exactly on that curve, with the exponents
-the study's own trials give (the allocator's `curve_shape`; ALPHA, BETA, the most asymmetric
-built-in surface's, until it has enough): b_i, in ln N. The shift grows with beta - alpha, so an
-assumed shape that overstates the asymmetry moves designs to balance shifts that are not there.
-Designs of one shape at every
-budget shift every vertex alike, which leaves the exponent alone; what the criterion counts is the
-rest:
+the study's own trials give (the allocator's `curve_shape`; SHAPE, the most asymmetric built-in
+surface's, until it has enough): b_i, in ln N. The shift grows with beta - alpha, so an assumed
+shape that overstates the asymmetry moves designs to balance shifts that are not there. Designs
+of one shape at every budget shift every vertex alike, which leaves the exponent alone; what the
+criterion counts is the rest:
 
     expected squared error = sum h_i^2 v_i + (KAPPA sum h_i b_i)^2
 
@@ -50,9 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 
 KAPPA = 1.0  # weight of the window-bias term (0: variance only)
-ALPHA, BETA = 0.25, 0.45  # exponents of the isoFLOP curve assumed for the window bias before a
+SHAPE = (0.25, 0.45)  # (alpha, beta) of the isoFLOP curve assumed for the window bias before a
 # study's trials say more: the most asymmetric built-in surface's
-SHAPE = (ALPHA, BETA)
 MAX_WINDOW = math.log(16.0)  # candidates within this of the centre in ln N at WINDOW_NOISE ...
 WIDEST_WINDOW = math.log(64.0)  # ... widening as sqrt(noise) up to this (the parabola's rise
 WINDOW_NOISE = 0.005  # over the window keeps pace with the noise)
