@@ -73,3 +73,19 @@ def test_a_row_whose_rmse_one_seed_sets_is_told_apart():
     assert row["worst_share"] > ONE_SEED and row["coverage"] == 0.99
     even = [Outcome({"a": (e, e - 0.02, e + 0.02)}, 1.0, 30, None, False) for e in errors[:99]]
     assert next(r for r in summarise(even, truth) if r["quantity"] == "a")["worst_share"] < 0.02
+
+
+def test_pooled_coverage_tells_a_systematic_shortfall_from_chance():
+    from benchmarks.calibration import outside_band, pool_rows
+
+    # An exact 95% interval over 100 seeds leaves [0.90, 0.99] when it shows 89 hits or fewer
+    # (P 0.0115) or all 100 (0.95^100 = 0.0059).
+    assert outside_band(100) == pytest.approx(0.0174, abs=2e-4)
+    assert outside_band(20) > 0.4
+    # Twelve rows each at 0.92, every one inside the band, pool to 1104 of 1200: below what an
+    # exact interval shows over 1200 studies (0.95 - 2 se = 0.937); 0.95 each is within chance.
+    short = pool_rows([("A3 E", 0.92, 100, 0.9)] * 12 + [("a", 0.95, 100, 1.0)] * 12)
+    e, a = {p.quantity: p for p in short}["A3 E"], {p.quantity: p for p in short}["a"]
+    assert (e.hits, e.studies) == (1104, 1200) and e.coverage < e.chance[0]
+    assert a.chance[0] <= a.coverage <= a.chance[1]
+    assert [p.quantity for p in short] == ["a", "A3 E"]
