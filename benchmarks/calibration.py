@@ -17,7 +17,10 @@ used, as `search.plan.true_exponents`: the law is the line through them, and wit
 loss the true optima do not lie on one line, so a fit that refused a budget estimates another
 slope), log10 N_opt at `--budget` (an extrapolation, default 1.5e21 FLOPs),
 Approach 3's alpha, beta and E, and log10 of Approach 3's loss at the true optimum of 3 x the
-largest budget (where `dit-scaling validate` reads it: the surface at the trained N and D). The
+largest budget (where `dit-scaling validate` reads it: the surface at the trained N and D), and
+"log10 one run": the same estimate held to what validate compares it with, one run's loss there
+(the surface's loss with the seed's noise, drawn apart from the study's), by the interval for
+one run that validate's verdict uses (the expected loss's draws with the fitted seed noise). The
 A2/A3 columns give, per design, the median paired difference of a and the share of seeds the
 service calls "disagree".
 
@@ -74,7 +77,7 @@ SQRT2 = math.sqrt(2)
 FIXED = {f"fixed{k}x{s:.3g}": (k, s) for k in (5, 9) for s in (SQRT2, 2.0, 4.0)}
 DESIGNS = (*FIXED, "allocator", "two_round")
 QUANTITIES = ("a", "b", "loss exponent", "log10 N_opt(C)", "A3 alpha", "A3 beta", "A3 E",
-              "log10 A3 loss")
+              "log10 A3 loss", "log10 one run")
 VALIDATION_FACTOR = 3  # the A3 loss is read at the true optimum of 3 x the largest budget
 RATIO = (0.8, 1.5)
 COVERAGE = (0.90, 0.99)
@@ -97,6 +100,7 @@ class Outcome:
     disagree: bool
     error: str | None = None
     loss_truth: float | None = None  # the true optimal loss's slope over the budgets fitted
+    run_truth: float | None = None  # log10 of the seed's validation run's loss (with its noise)
 
 
 def two_round_available() -> bool:
@@ -127,7 +131,8 @@ def truths(surface: LossSurface, budgets: list[float], compute: float) -> dict[s
     return {"a": ex["n_opt"], "b": ex["d_opt"], "loss exponent": ex["loss"],
             "log10 N_opt(C)": math.log10(surface.optimum(compute).n_opt),
             "A3 alpha": surface.alpha, "A3 beta": surface.beta, "A3 E": surface.E,
-            "log10 A3 loss": math.log10(validation_point(surface).loss)}
+            "log10 A3 loss": math.log10(validation_point(surface).loss),
+            "log10 one run": math.log10(validation_point(surface).loss)}  # each seed: its run's
 
 
 def estimates(fit: LawFit, compute: float,
@@ -148,11 +153,12 @@ def estimates(fit: LawFit, compute: float,
             lo, hi = p.ci.get(name) or (None, None)
             out[f"A3 {name}"] = (getattr(p, name), lo, hi)
     if p is None:
-        out["log10 A3 loss"] = (math.nan, None, None)
+        out["log10 A3 loss"] = out["log10 one run"] = (math.nan, None, None)
     else:
-        ci = p.loss_interval(point.n_opt, point.d_opt)
-        out["log10 A3 loss"] = (math.log10(float(p.loss(point.n_opt, point.d_opt))),
-                                *((None, None) if ci is None else map(math.log10, ci)))
+        value = math.log10(float(p.loss(point.n_opt, point.d_opt)))
+        for q, ci in (("log10 A3 loss", p.loss_interval(point.n_opt, point.d_opt)),
+                      ("log10 one run", fit.approach3_run_interval(point.n_opt, point.d_opt))):
+            out[q] = (value, *((None, None) if ci is None else map(math.log10, ci)))
     return out
 
 
@@ -189,9 +195,14 @@ def run_one(surface_name: str, noise: float, design: str, seed: int, draws: int,
     gap = agree["a"]["difference"][0] if "a" in agree else None
     disagree = any(not v["consistent"] for v in agree.values())
     used = [b.compute for b in fit.budgets if not b.refused]
-    return Outcome(estimates(fit, compute, validation_point(surface)), sim.flops,
-                   len(sim.trials), gap, disagree,
-                   loss_truth=truths(surface, used, compute)["loss exponent"])
+    point = validation_point(surface)
+    # The validation run `dit-scaling validate` would measure there: the surface's loss with
+    # this seed's noise, drawn apart from the study's.
+    run = float(surface.noisy_loss(point.n_opt, point.d_opt, np.random.default_rng([seed, 99]),
+                                   noise))
+    return Outcome(estimates(fit, compute, point), sim.flops, len(sim.trials), gap, disagree,
+                   loss_truth=truths(surface, used, compute)["loss exponent"],
+                   run_truth=math.log10(run))
 
 
 def summarise(outcomes: list[Outcome], truth: dict[str, float]) -> list[dict]:
@@ -203,6 +214,7 @@ def summarise(outcomes: list[Outcome], truth: dict[str, float]) -> list[dict]:
         kept = [o for o in outcomes if q in o.values and math.isfinite(o.values[q][0])]
         got = [o.values[q] for o in kept]
         want = np.array([o.loss_truth if q == "loss exponent" and o.loss_truth is not None
+                         else o.run_truth if q == "log10 one run" and o.run_truth is not None
                          else truth[q] for o in kept])
         est = np.array([v for v, _, _ in got])
         halves = [(hi - lo) / 2 for _, lo, hi in got if lo is not None and hi is not None

@@ -8,14 +8,21 @@ LAST_VALIDATION_TAG = "dit.last_validation"  # the same, on the study run, for `
 
 
 def _band(s: dict, key: str) -> tuple[str, str]:
-    """The 95% interval of prediction `key` as text, and whether the measured loss lies in it
-    (both empty when the summary holds no interval)."""
+    """The 95% interval of prediction `key` as text (and of one run's loss, when the summary
+    holds it), and whether the measured loss lies in the interval of one run (else of the
+    expected loss); both empty when the summary holds no interval."""
     lo, hi = s.get(f"{key}_lo"), s.get(f"{key}_hi")
     if lo is None or hi is None:
         return "", ""
+    text = f" [{lo:.4g}, {hi:.4g}]"
+    run_lo, run_hi = s.get(f"{key}_run_lo"), s.get(f"{key}_run_hi")
+    which = "the interval"
+    if run_lo is not None and run_hi is not None:
+        text += f", one run [{run_lo:.4g}, {run_hi:.4g}]"
+        lo, hi, which = run_lo, run_hi, "one run's interval"
     inside = "" if "measured_loss" not in s else (
-        ", inside the interval" if lo <= s["measured_loss"] <= hi else ", outside the interval")
-    return f" [{lo:.4g}, {hi:.4g}]", inside
+        f", inside {which}" if lo <= s["measured_loss"] <= hi else f", outside {which}")
+    return text, inside
 
 
 def summary_text(s: dict) -> str:

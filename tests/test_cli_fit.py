@@ -19,7 +19,7 @@ DRAWS = "100"
 # The documented schema (scaling/laws/result.py), key by key.
 TOP = {"approach2", "approach3", "approach3_huber", "agreement", "convention",
        "flops_per_multiply_add", "schema", "source", "compute_range", "warnings", "options",
-       "draws"}
+       "draws", "run_noise"}
 APPROACH2 = {"n_opt", "d_opt", "loss", "fid", "loss_saturating", "budgets", "weighted"}
 LAW = {"coefficient", "exponent", "exponent_ci", "coefficient_ci", "budgets", "scatter"}
 BUDGET = {"compute", "n_opt", "n_opt_ci", "d_opt", "loss_opt", "points", "centred", "status",

@@ -393,3 +393,35 @@ def test_a_study_whose_draws_often_refuse_its_budgets_says_so():
                                      sizes=9, width=0.6, rel_sigma=0.005),
                      FitOptions(draws=400, seed=1))
     assert not [w for w in sound.warnings if "would often give no law" in w]
+
+
+def test_one_runs_interval_holds_a_new_runs_loss_as_often_as_it_says():
+    """A validation measures one run, with its seed noise; the expected loss's interval is
+    narrower than that noise, so it holds a correct law's run in only 18 of these 30 seeds."""
+    surface = SURFACES["chinchilla"]
+    budget = 3 * PAPER_BUDGETS[-1]  # FLOPs
+    point = surface.optimum(budget)
+    mean_hits = run_hits = 0
+    for seed in range(30):
+        fit = fit_laws(study(seed=seed, rel_sigma=0.02), FitOptions(draws=200, seed=seed))
+        sigma, dof = fit.run_noise
+        assert 0.012 < sigma < 0.03 and dof >= 20
+        run = float(surface.noisy_loss(point.n_opt, point.d_opt,
+                                       np.random.default_rng([seed, 1]), 0.02))
+        lo, hi = fit.approach3.loss_interval(point.n_opt, point.d_opt)
+        run_lo, run_hi = fit.approach3_run_interval(point.n_opt, point.d_opt)
+        assert run_lo < lo < hi < run_hi
+        mean_hits += lo <= run <= hi
+        run_hits += run_lo <= run <= run_hi
+        assert fit.loss_run_interval(budget)[0] < fit.predict(budget).loss.ci[0]
+    assert run_hits >= 27 and mean_hits <= 22, (run_hits, mean_hits)
+    again = LawFit.from_json(fit.to_json())
+    assert again.run_noise == fit.run_noise
+    assert again.loss_run_interval(1e20) == fit.loss_run_interval(1e20)
+
+
+def test_known_noise_is_kept_with_infinite_dof():
+    fit = fit_laws(study(seed=1), FitOptions(draws=50, noise_sigma=0.01))
+    assert fit.run_noise == (0.01, math.inf)
+    assert json.loads(fit.to_json())["run_noise"] == {"sigma": 0.01, "dof": None}
+    assert LawFit.from_json(fit.to_json()).run_noise == (0.01, math.inf)

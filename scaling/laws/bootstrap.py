@@ -1,5 +1,6 @@
-"""Bootstrap draws: points resampled within each budget (`resample`, the allocator's quick fits)
-and the shared random numbers of the parametric bootstrap that `fit_laws` reports (`NoiseDraws`).
+"""Bootstrap draws: points resampled within each budget (`resample`, the allocator's quick fits),
+the shared random numbers of the parametric bootstrap that `fit_laws` reports (`NoiseDraws`), and
+one new run's loss about draws of its expected loss (`one_run`).
 
 `resample`: one draw is a vector of counts (how often each run appears) and a vector of losses
 (the observed ones, times exp(sigma * normal) when noise is asked for, as Porian et al. 2024 add
@@ -132,3 +133,17 @@ class NoiseDraws:
             # float32: half the memory and time of float64, and noise needs no more digits.
             yield slice(start, stop), rng.standard_normal((stop - start, self.runs),
                                                           dtype=np.float32)
+
+
+RUN_SEED = 20_261_208  # fixed, so that a law's interval for one run is the same on every query
+
+
+def one_run(expected: np.ndarray, sigma: float, dof: float) -> np.ndarray:
+    """Draws of one new run's loss: each draw of its expected loss [K] times exp(sigma * t), t a
+    Student-t with `dof` degrees of freedom (normal when inf: sigma known), independent of the
+    draws. A single run carries the seed noise the fit measured in the runs' residuals on top of
+    the law's uncertainty, so an interval meant to hold one measured run needs both."""
+    rng = np.random.default_rng(RUN_SEED)
+    t = rng.standard_normal(expected.shape) if not np.isfinite(dof) else \
+        rng.standard_t(dof, expected.shape)
+    return expected * np.exp(sigma * t)

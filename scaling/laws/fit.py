@@ -147,6 +147,7 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
     surface_noise = bool(misfit) or bool(
         refit and _surface_noise_is_better(sigma2, dof2, refit[2], refit[3]))
     draw_sigma2 = refit[2] if surface_noise else sigma2  # relative noise of Approach 2's draws
+    run_noise = (float(draw_sigma2), float(refit[3] if surface_noise else dof2))
     scale2 = scale3 if surface_noise else sigma2 * noise.scale(dof2)
     bias = [None] * len(members)
     centres = parabolas
@@ -273,6 +274,7 @@ def fit_laws(points: Sequence[RunPoint], options: FitOptions | None = None) -> L
         convention=options.convention, warnings=tuple(warnings), options=options,
         approach3_huber=huber,
         weighted={"n_opt": law("n_opt", "log_n", True), "d_opt": law("d_opt", "log_d", True)},
+        run_noise=run_noise if run_noise[0] > 0 else None,
     )
     if approach3 is not None:
         # The verdict weighs the standard Approach 2 estimate against Approach 3: with the

@@ -87,15 +87,23 @@ class ParametricFit:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
-    def loss_interval(self, N: float, D: float) -> tuple[float, float] | None:
-        """95% interval of L at N parameters and D tokens over the bootstrap draws; None without
-        draws, with a parameter on a bound, or when the draws do not vary."""
+    def loss_draws(self, N: float, D: float) -> np.ndarray | None:
+        """The bootstrap draws of L at N parameters and D tokens [draws]; None without draws,
+        with a parameter on a bound, or when the draws do not vary."""
         if self.draws is None or self.at_bound:
             return None
         E, A, B, alpha, beta = (self.draws[:, i] for i in range(5))
         values = E + A / float(N) ** alpha + B / float(D) ** beta
         if not np.isfinite(values).any() or not spreads(values[:, None],
                                                          float(self.loss(N, D)))[0]:
+            return None
+        return values
+
+    def loss_interval(self, N: float, D: float) -> tuple[float, float] | None:
+        """95% interval of L at N parameters and D tokens over the bootstrap draws; None as
+        `loss_draws`."""
+        values = self.loss_draws(N, D)
+        if values is None:
             return None
         lo, hi = interval(values)
         return float(lo), float(hi)

@@ -64,13 +64,21 @@ class PowerLaw:
     def __call__(self, compute: float | np.ndarray) -> np.ndarray:
         return self.coefficient * np.asarray(compute, dtype=float) ** self.exponent
 
-    def interval(self, compute: float | np.ndarray) -> np.ndarray | None:
-        """95% interval of y at `compute` from the draws, [2, ...] (lo, hi); None without draws."""
+    def values(self, compute: float | np.ndarray) -> np.ndarray | None:
+        """The draws' y at `compute`, [draws, ...]; None without draws."""
         if self.draws is None:
             return None
         c = np.asarray(compute, dtype=float)
         values = self.draws[:, :1] * c.reshape(1, -1) ** self.draws[:, 1:]
-        return interval(values).reshape((2, *c.shape))
+        return values.reshape((-1, *c.shape))
+
+    def interval(self, compute: float | np.ndarray) -> np.ndarray | None:
+        """95% interval of y at `compute` from the draws, [2, ...] (lo, hi); None without draws."""
+        values = self.values(compute)
+        if values is None:
+            return None
+        c = np.asarray(compute, dtype=float)
+        return interval(values.reshape(values.shape[0], -1)).reshape((2, *c.shape))
 
 
 def weights_from_sd(sd: np.ndarray) -> np.ndarray:

@@ -44,6 +44,8 @@ marked +):
      "convention": "6ND", "flops_per_multiply_add": 2, "schema"+: "dit-scaling/laws/1",
      "source"+: "fit" | "paper", "compute_range"+: [lo, hi],  # budgets the laws rest on, FLOPs
      "warnings"+: [str], "options"+: {FitOptions fields} | null,
+     "run_noise"+: {"sigma", "dof": n | null} | null,  # one run's relative seed noise, as
+                                         # estimated (dof null: known or assumed)
      "draws"+: {"n_opt": [[coefficient, exponent], ...], "d_opt": ..., "loss": ..., "fid": ...,
                 "approach3": [[E, A, B, alpha, beta], ...] | null}}
 
@@ -62,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from scaling.laws.bootstrap import interval, one_run
 from scaling.laws.isoflop import BudgetFit
 from scaling.laws.parametric import ParametricFit
 from scaling.laws.powerlaw import PowerLaw, SaturatingLaw, rounded
@@ -179,6 +182,8 @@ class LawFit:
     Huber fit of Besiroglu et al. beside it (point estimate). weighted: the N_opt and D_opt laws
     weighted by 1 / sd^2 of each optimum, beside the unweighted headline. paired[name]:
     (Approach 2 - Approach 3, lo, hi) of exponent a or b over the same bootstrap draws.
+    run_noise: (relative sd of one run's loss about the fitted curves, its degrees of freedom; inf
+    when known or assumed), the seed noise Approach 2's draws carry; for the loss of one new run.
     """
 
     n_opt: PowerLaw
@@ -196,6 +201,7 @@ class LawFit:
     approach3_huber: ParametricFit | None = None
     weighted: dict[str, PowerLaw] | None = None
     paired: dict[str, tuple[float, float, float]] | None = None
+    run_noise: tuple[float, float] | None = None
 
     def law(self, name: str) -> PowerLaw | None:
         if name not in LAWS:
@@ -228,6 +234,26 @@ class LawFit:
             convention=self.convention,
             notes=notes,
         )
+
+    def loss_run_interval(self, compute: float) -> tuple[float, float] | None:
+        """95% interval of the loss one run at N_opt(compute) would measure (FLOPs): the loss
+        law's draws there with one run's seed noise on each (`bootstrap.one_run`); None without
+        draws or a noise estimate."""
+        return self._run_interval(self.loss.values(compute))
+
+    def approach3_run_interval(self, params: float, tokens: float) -> tuple[float, float] | None:
+        """95% interval of the loss one run of `params` parameters trained on `tokens` tokens
+        would measure, by Approach 3's L(N, D): its draws there with one run's seed noise; None
+        without draws, with a parameter on a bound, or without a noise estimate."""
+        p = self.approach3
+        return None if p is None else self._run_interval(p.loss_draws(params, tokens))
+
+    def _run_interval(self, expected: np.ndarray | None) -> tuple[float, float] | None:
+        if expected is None or self.run_noise is None:
+            return None
+        lo, hi = interval(one_run(np.asarray(expected, dtype=float).reshape(-1),
+                                  *self.run_noise))
+        return float(lo), float(hi)
 
     def agreement(self) -> dict[str, dict[str, Any]] | None:
         """Approach 2 and 3 exponents of N_opt (a) and D_opt (b) and their paired difference over
@@ -370,6 +396,9 @@ class LawFit:
             "compute_range": list(self.compute_range),
             "warnings": list(self.warnings),
             "options": None if self.options is None else asdict(self.options),
+            "run_noise": None if self.run_noise is None else {
+                "sigma": self.run_noise[0],
+                "dof": self.run_noise[1] if math.isfinite(self.run_noise[1]) else None},
             "draws": {**{name: None if (x := self.law(name)) is None or x.draws is None
                          else x.draws.tolist() for name in LAWS},
                       "approach3": None if p is None or p.draws is None
@@ -433,6 +462,8 @@ class LawFit:
                 for k, w in weighted.items()},
             paired={k: tuple(v["difference"]) for k, v in agree.items()
                     if "difference" in v} or None,
+            run_noise=None if (r := data.get("run_noise")) is None else (
+                float(r["sigma"]), math.inf if r["dof"] is None else float(r["dof"])),
         )
 
 
