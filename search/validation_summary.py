@@ -43,13 +43,19 @@ def summary_text(s: dict) -> str:
         lines.append(f"  predicted {s['predicted_loss']:.4g}{ci}; the trial at N_opt did not "
                      "finish, nothing measured")
     if "measured_n_opt" in s:
+        lo, hi = s.get("predicted_n_opt_lo"), s.get("predicted_n_opt_hi")
+        text = f"  predicted N_opt {s['predicted_n_opt']:.3g}" + (
+            f" [{lo:.3g}, {hi:.3g}]" if lo is not None else "")
+        which = "the interval"
+        if s.get("measured_n_opt_run_lo") is not None:
+            text += (f"; if it holds, three runs' vertex falls in [{s['measured_n_opt_run_lo']:.3g}"
+                     f", {s['measured_n_opt_run_hi']:.3g}] (no minimum in "
+                     f"{s['no_minimum_share']:.0%} of draws)")
+            which = "that range"
         if s["measured_n_opt"] is None:
-            lines.append("  measured optimum: the three sizes show no minimum between them")
+            lines.append(text + "; the three sizes show no minimum between them")
         else:
-            where = ("inside" if s.get("n_opt_in_interval") else "outside"
-                     if "n_opt_in_interval" in s else "compared with")
-            lo, hi = s.get("predicted_n_opt_lo"), s.get("predicted_n_opt_hi")
-            band = f" [{lo:.3g}, {hi:.3g}]" if lo is not None else ""
-            lines.append(f"  measured optimum N = {s['measured_n_opt']:.3g}, {where} the "
-                         f"predicted N_opt {s['predicted_n_opt']:.3g}{band}")
+            where = (f", inside {which}" if s.get("n_opt_in_interval") else f", outside {which}"
+                     if "n_opt_in_interval" in s else "")
+            lines.append(text + f"; measured vertex N = {s['measured_n_opt']:.3g}{where}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scaling.laws.bootstrap import resample
-from scaling.laws.isoflop import fit_budget, residual_ss
+from scaling.laws.isoflop import fit_budget, residual_ss, vertices
 
 C = 1e18
 
@@ -125,3 +125,12 @@ def test_fid_at_the_optimum():
     assert fit.fids[0] is None and fit.fids[1] == pytest.approx(fids[1])
     lo, hi = fit.fid_opt_ci
     assert lo <= fit.fid_opt <= hi
+
+
+def test_vertices_of_parabolas_through_runs():
+    params = np.array([1e7, 2e7, 4e7, 8e7])
+    x = np.log10(params)
+    rows = np.stack([(x - 7.4) ** 2, -(x - 7.4) ** 2, (x - 9.0) ** 2])  # min, max, min outside
+    got = vertices(params, rows)
+    assert got[0] == pytest.approx(7.4) and np.isnan(got[1]) and np.isnan(got[2])
+    assert float(vertices(params[:3], (x[:3] - 7.3) ** 2)) == pytest.approx(7.3)

@@ -87,6 +87,10 @@ def test_the_law_is_held_to_a_budget_it_never_saw(study, capsys):
     assert out.count(", one run [") == 2 and "one run's interval)" in out
     assert summary["measured_n_opt"] is not None
     assert abs(math.log(summary["measured_n_opt"] / summary["predicted_n_opt"])) < math.log(2)
+    # three runs' vertex is held to where such a vertex falls if the law holds
+    assert summary["measured_n_opt_run_lo"] < summary["predicted_n_opt"] \
+        < summary["measured_n_opt_run_hi"] and 0 <= summary["no_minimum_share"] < 1
+    assert summary["n_opt_in_interval"] is True and "three runs' vertex falls in" in out
     runs = tracking.client.search_runs([parent.info.experiment_id],
                                        f"tags.`{KIND}` = 'validation'")
     assert len(runs) == 1 and runs[0].data.tags[PARENT] == parent.info.run_id

@@ -126,6 +126,20 @@ def vandermonde(params: np.ndarray) -> tuple[float, np.ndarray]:
     return float(x.mean()), np.stack([np.ones_like(xc), xc, xc * xc], 1)
 
 
+def vertices(params: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """log10 N of the minimum of the least-squares parabola in log10 N through runs of `params`
+    parameters (three or more sizes) with losses [..., runs], one per row; NaN where the parabola
+    has no minimum between the smallest and largest size."""
+    centre, v = vandermonde(np.asarray(params, dtype=float))
+    coef = np.linalg.lstsq(v, np.moveaxis(np.asarray(losses, dtype=float), -1, 0)
+                           .reshape(v.shape[0], -1), rcond=None)[0]  # [3, rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = np.where(coef[2] > 0, -coef[1] / (2 * coef[2]), np.nan)
+    xc = np.log10(np.asarray(params, dtype=float)) - centre
+    at[(at < xc.min()) | (at > xc.max())] = np.nan
+    return (at + centre).reshape(np.shape(losses)[:-1])
+
+
 def fit_budget(
     compute: float,
     params: np.ndarray,

@@ -59,13 +59,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from scaling.laws.bootstrap import interval, one_run
-from scaling.laws.isoflop import BudgetFit
+from scaling.laws.isoflop import BudgetFit, vertices
 from scaling.laws.parametric import ParametricFit
 from scaling.laws.powerlaw import PowerLaw, SaturatingLaw, rounded
 
@@ -247,6 +248,43 @@ class LawFit:
         without draws, with a parameter on a bound, or without a noise estimate."""
         p = self.approach3
         return None if p is None else self._run_interval(p.loss_draws(params, tokens))
+
+    def vertex_run_interval(self, compute: float, params: Sequence[float],
+                            tokens: Sequence[float]) -> tuple[float, float, float] | None:
+        """Where the vertex of a parabola in log10 N through three runs of `params` parameters
+        trained on `tokens` tokens at `compute` FLOPs would fall if the N_opt law holds:
+        (lo, hi, share of draws with no minimum between the sizes), lo and hi in parameters.
+
+        Three runs' vertex is off the optimum by their seed noise and by the window's own
+        bias, both large next to a law's interval (0.07-0.11 decades sd for sizes x0.5, x1, x2
+        at 0.5-2% noise on the benchmark surfaces). Draw k: the N_opt law's draw at `compute`,
+        moved by how far the vertex of the three runs' losses on Approach 3's draw k, with one
+        run's seed noise on each (`bootstrap.one_run`), lies from that curve's own minimum along
+        the same isoFLOP line. None without the law's or Approach 3's draws or a noise estimate.
+        """
+        p, law = self.approach3, self.n_opt.values(compute)
+        if p is None or p.draws is None or p.at_bound or law is None or self.run_noise is None:
+            return None
+        x = np.log10(np.asarray(params, dtype=float))
+        log_d = np.log10(np.asarray(tokens, dtype=float))
+        if x.size != 3 or np.unique(x).size != 3:
+            raise ValueError(f"three distinct sizes needed, got {list(params)}")
+        k = min(law.shape[0], p.draws.shape[0])
+        E, A, B, alpha, beta = (p.draws[:k, i, None] for i in range(5))
+
+        def loss(xs: np.ndarray, ds: np.ndarray) -> np.ndarray:  # [k, len(xs)]
+            return E + A / 10 ** (alpha * xs) + B / 10 ** (beta * ds)
+
+        vertex = vertices(10 ** x, one_run(loss(x, log_d), *self.run_noise))
+        # each curve's minimum along the line, on a grid 0.001 decades fine over 3 decades
+        grid = np.linspace(x.mean() - 1.5, x.mean() + 1.5, 3001)
+        line = np.polyfit(x, log_d, 1)  # the runs' isoFLOP line, log10 D on log10 N
+        minimum = grid[np.argmin(loss(grid, np.polyval(line, grid)), axis=1)]
+        at = np.log10(law[:k]) + vertex - minimum
+        if np.isnan(at).all():
+            return None
+        lo, hi = interval(at)
+        return float(10 ** lo), float(10 ** hi), float(np.isnan(at).mean())
 
     def _run_interval(self, expected: np.ndarray | None) -> tuple[float, float] | None:
         if expected is None or self.run_noise is None:
