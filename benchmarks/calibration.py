@@ -245,17 +245,20 @@ def bias_in_sd(bias: float, rmse: float) -> float:
     return bias / sd if sd > 0 else math.copysign(math.inf, bias)
 
 
+def binomial_share(n: int, p: float, where) -> float:
+    """P(where(hits / n)) for hits ~ Binomial(n, p)."""
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1) if where(k / n))
+
+
 def binomial_below(n: int, p: float, share: float) -> float:
     """P(hits / n < share) for hits ~ Binomial(n, p)."""
-    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1) if k < share * n)
+    return binomial_share(n, p, lambda c: c < share)
 
 
 def outside_band(n: int, p: float = 0.95) -> float:
     """P(coverage outside COVERAGE) over n seeds for an interval that covers with probability p:
     the rate at which an exact interval fails the band by chance alone."""
-    lo, hi = COVERAGE
-    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)
-               if not lo <= k / n <= hi)
+    return binomial_share(n, p, lambda c: not COVERAGE[0] <= c <= COVERAGE[1])
 
 
 @dataclass(frozen=True)

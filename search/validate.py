@@ -54,10 +54,14 @@ class ValidationPlan:
     study: str
     budget: float
     decades: float  # log10(budget / largest fitted budget)
-    prediction: Prediction
     trials: tuple[TrialSpec, ...]
     steps: tuple[int, ...]
     laws: LawFit  # the study's fitted laws, Approach 3's L(N, D) and the runs' seed noise in them
+
+    @property
+    def prediction(self) -> Prediction:
+        """The laws' N_opt, D_opt and loss at the budget, with their intervals."""
+        return self.laws.predict(self.budget)
 
     def text(self) -> str:
         p = self.prediction
@@ -95,8 +99,8 @@ def plan_validation(session: StudySession, budget: float, sizes: int) -> Validat
             seen.add(shape)
             trials.append(TrialSpec(budget, shape, n))
     steps = tuple(plan(spec, session.template, t).steps for t in trials)
-    return ValidationPlan(spec.name, budget, math.log10(budget / largest), prediction,
-                          tuple(trials), steps, fit)
+    return ValidationPlan(spec.name, budget, math.log10(budget / largest), tuple(trials), steps,
+                          fit)
 
 
 def measured_optimum(params: list[float], losses: list[float]) -> float | None:
